@@ -417,7 +417,7 @@ def fold_batchnorm(model) -> tuple[object, FoldReport]:
 
     config = _functional_config(model)
     graph = _Graph(config)
-    live = {op.name: op for op in model.operations}  # layers and bare keras.ops nodes, by config name
+    live = {op.name: op for op in getattr(model, "operations", None) or model.layers}  # layers and bare ops
     report = FoldReport()
     changed: dict[str, dict] = {}  # layer name in the new model -> its folded float64 weights
     sources: dict[str, str] = {}  # new name -> name in the source model, for layers renamed while folding

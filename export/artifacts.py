@@ -1,0 +1,99 @@
+"""The layout of an export directory and the runners that can check it.
+
+    model.keras          copy of the original model: the parity reference
+    model_folded.keras   BatchNorm folded (export/fold_bn.py)
+    saved_model/         SavedModel, signature serving_default
+    model.onnx           ONNX
+    model.tflite         TFLite
+    fold_report.json     what folding did
+    parity.json          the last parity report
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from export.errors import ExportError, first_line
+from export.runtimes import (
+    KerasRunner,
+    OrtRunner,
+    Runner,
+    SavedModelRunner,
+    TFLiteRunner,
+    cuda_unavailable_reason,
+)
+
+ORIGINAL = "model.keras"
+FOLDED = "model_folded.keras"
+SAVEDMODEL = "saved_model"
+ONNX = "model.onnx"
+TFLITE = "model.tflite"
+FOLD_REPORT = "fold_report.json"
+PARITY_REPORT = "parity.json"
+
+ARTIFACTS = (ORIGINAL, FOLDED, SAVEDMODEL, ONNX, TFLITE)
+
+
+def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
+    """{artifact name: path} for each artifact present, keyed by the names above (ORIGINAL, FOLDED, …).
+    A `.keras` file instead of a folder counts as the original alone."""
+    export_dir = Path(export_dir)
+    if export_dir.is_file() and export_dir.suffix == ".keras":
+        return {ORIGINAL: export_dir}
+    if not export_dir.is_dir():
+        raise ExportError(f"{export_dir} is neither an export folder nor a .keras file")
+    return {name: export_dir / name for name in ARTIFACTS if (export_dir / name).exists()}
+
+
+def runners_for(export_dir: Path | str, *, device: str = "auto") -> tuple[Runner, list[Runner], list[str]]:
+    """(reference, candidates, notes) for every artifact in `export_dir`.
+
+    device "auto": ORT on CPU, plus ORT on CUDA when it really runs (else a note says why not); "cpu": CPU only;
+    "cuda": CPU and CUDA, and an ExportError when CUDA cannot run. A candidate whose artifact fails to load
+    becomes a runner that fails, so parity shows it as a FAIL row rather than stopping; the reference must load.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ExportError(f"unknown device {device!r}: use auto, cpu or cuda")
+    found = find_artifacts(export_dir)
+    if ORIGINAL not in found:
+        raise ExportError(f"no {ORIGINAL} in {export_dir}: export the model first (zoo export) or pass a .keras file")
+    reference = KerasRunner(found[ORIGINAL], name="keras")
+    makers: dict[str, Callable[[], Runner]] = {}
+    notes = []
+    if FOLDED in found:
+        makers["keras-folded"] = lambda: KerasRunner(found[FOLDED], name="keras-folded")
+    if SAVEDMODEL in found:
+        makers["savedmodel"] = lambda: SavedModelRunner(found[SAVEDMODEL])
+    if ONNX in found:
+        makers["ort-cpu"] = lambda: OrtRunner(found[ONNX], device="cpu", name="ort-cpu")
+        reason = "not requested (device=cpu)" if device == "cpu" else cuda_unavailable_reason()
+        if reason is None:
+            makers["ort-cuda"] = lambda: OrtRunner(found[ONNX], device="cuda", name="ort-cuda")
+        elif device == "cuda":
+            raise ExportError(f"CUDA execution provider is not usable here: {reason}")
+        else:
+            notes.append(f"ort-cuda skipped: {reason}")
+    if TFLITE in found:
+        makers["tflite"] = lambda: TFLiteRunner(found[TFLITE])
+    return reference, [_build(name, make) for name, make in makers.items()], notes
+
+
+class UnavailableRunner:
+    """Stands in for a runtime whose artifact could not be loaded: every call fails with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        self.detail = f"not loaded: {reason}"
+        self.reason = reason
+
+    def __call__(self, feeds):
+        raise ExportError(self.reason)
+
+
+def _build(name: str, make: Callable[[], Runner]) -> Runner:
+    try:
+        return make()
+    except ExportError as e:
+        return UnavailableRunner(name, first_line(e))

@@ -1,0 +1,175 @@
+"""ONNX export through `tf2onnx.convert.from_function` on the named serving function (export/signature.py).
+
+`from_keras` fails on Sequential models (KeyError 'keras_tensor_N'); tracing our own tf.function works for every
+model. What this module adds on top of tf2onnx:
+- graph input/output names equal the model's input/output names, graph outputs in model order;
+- readable symbolic dims: "batch" for axis 0 everywhere, `<tensor>_height`/`_width` for the H×W of 4-D tensors,
+  `<tensor>_dim<k>` for other dynamic axes (tf2onnx writes `unk__NN`);
+- `nchw=True`: tf2onnx's inputs_as_nchw/outputs_as_nchw for every 4-D tensor, which removes the leading and
+  trailing Transposes; the metadata records which tensors were transposed so a runner can feed NHWC data;
+- metadata_props from the caller plus the input layout;
+- an unsupported TensorFlow op is an ExportError naming the op and its layer (tf2onnx only logs it and writes an
+  invalid graph), and the result must pass `onnx.checker`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from export.atomic import atomic_output
+from export.errors import ExportError, first_line
+from export.signature import ModelSignature, TensorInfo, describe, layer_of_op, serving_function, tensor_specs
+
+MIN_OPSET = 13
+DEFAULT_OPSET = 17
+NHWC_TO_NCHW = (0, 3, 1, 2)
+# metadata_props keys written here and read by export/runtimes.py
+LAYOUT_KEY = "input_layout"
+NCHW_INPUTS_KEY = "nchw_inputs"
+NCHW_OUTPUTS_KEY = "nchw_outputs"
+
+
+def export_onnx(
+    model: Any,
+    path: Path | str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    nchw: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `model` as ONNX at `path` (atomic) with a dynamic batch dimension and the model's tensor names."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"ONNX opset {opset} is not supported: use opset {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    path = Path(path)
+    signature = describe(model)
+    nchw_inputs = [t.name for t in signature.inputs if len(t.shape) == 4] if nchw else []
+    nchw_outputs = [t.name for t in signature.outputs if len(t.shape) == 4] if nchw else []
+    if nchw and not nchw_inputs:
+        raise ExportError("--nchw needs a 4-D image input (N,H,W,C); this model has none: export without --nchw")
+
+    proto = _convert(model, signature, opset, nchw_inputs, nchw_outputs)
+    _name_outputs(proto.graph, signature)
+    _name_dynamic_dims(proto.graph, signature, set(nchw_inputs) | set(nchw_outputs))
+    layout = {LAYOUT_KEY: "NCHW" if nchw else "NHWC"}
+    if nchw:
+        layout |= {NCHW_INPUTS_KEY: json.dumps(nchw_inputs), NCHW_OUTPUTS_KEY: json.dumps(nchw_outputs)}
+    onnx.helper.set_model_props(proto, {**(metadata or {}), **layout})
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the converted ONNX model is invalid: {first_line(e)}") from e
+    with atomic_output(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def onnx_layout(metadata: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) that an `nchw=True` export transposed to N,C,H,W, read from the model's metadata_props."""
+    return json.loads(metadata.get(NCHW_INPUTS_KEY, "[]")), json.loads(metadata.get(NCHW_OUTPUTS_KEY, "[]"))
+
+
+class _UnsupportedOps(logging.Handler):
+    """Collects tf2onnx's "Tensorflow op [scope/name: Type] is not supported" log records."""
+
+    PATTERN = re.compile(r"Tensorflow op \[(?P<node>[^:\]]+): (?P<op>[^\]]+)\] is not supported")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.found: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self.PATTERN.search(record.getMessage())
+        if match:
+            self.found.append((match["node"], match["op"]))
+
+
+def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str], nchw_outputs: list[str]):
+    import tf2onnx
+
+    unsupported = _UnsupportedOps()
+    logger = logging.getLogger("tf2onnx")
+    logger.addHandler(unsupported)
+    try:
+        proto, _ = tf2onnx.convert.from_function(
+            serving_function(model, signature),
+            input_signature=tensor_specs(signature),
+            opset=opset,
+            inputs_as_nchw=nchw_inputs or None,
+            outputs_as_nchw=nchw_outputs or None,
+        )
+    except Exception as e:
+        raise ExportError(f"ONNX conversion failed: {first_line(e)}") from e
+    finally:
+        logger.removeHandler(unsupported)
+    if unsupported.found:
+        node, op = unsupported.found[0]
+        where = layer_of_op(node, model)
+        raise ExportError(
+            f"ONNX conversion failed: TensorFlow op {op}{f' in layer {where!r}' if where else ''} is not supported "
+            f"by tf2onnx at opset {opset}; try a newer --opset or replace that layer"
+        )
+    return proto
+
+
+def _name_outputs(graph: Any, signature: ModelSignature) -> None:
+    """Give graph outputs the model's output names, in model order.
+
+    tf2onnx emits one graph output per tensor of the serving function's result dict, in flatten (sorted-key) order,
+    named after the keys in tf2onnx 1.17; older versions name them after the TF tensors (Identity:0 …).
+    """
+    import tensorflow as tf
+
+    current = [output.name for output in graph.output]
+    if set(current) != set(signature.output_names):
+        produced = tf.nest.flatten({name: name for name in signature.output_names})
+        for old, new in zip(current, produced):
+            if old != new:
+                _rename_value(graph, old, new)
+    by_name = {output.name: output for output in graph.output}
+    ordered = [copy.deepcopy(by_name[name]) for name in signature.output_names]
+    del graph.output[:]
+    graph.output.extend(ordered)
+
+
+def _rename_value(graph: Any, old: str, new: str) -> None:
+    """Rename a graph output; an output that is a graph input or an initializer gets an Identity node instead."""
+    import onnx
+
+    sources = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    if old in sources:
+        graph.node.append(onnx.helper.make_node("Identity", [old], [new], name=f"{new}_identity"))
+    else:
+        for node in graph.node:
+            node.output[:] = [new if name == old else name for name in node.output]
+            node.input[:] = [new if name == old else name for name in node.input]
+    for value in list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _name_dynamic_dims(graph: Any, signature: ModelSignature, nchw_tensors: set[str]) -> None:
+    """Replace tf2onnx's `unk__NN` dim names on graph inputs/outputs with names that say what the axis is."""
+    infos = {t.name: t for t in (*signature.inputs, *signature.outputs)}
+    for value in (*graph.input, *graph.output):
+        info = infos.get(value.name)
+        if info is None:
+            continue
+        for onnx_axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                continue
+            keras_axis = NHWC_TO_NCHW[onnx_axis] if value.name in nchw_tensors else onnx_axis
+            dim.dim_param = _dim_name(info, keras_axis)
+
+
+def _dim_name(info: TensorInfo, keras_axis: int) -> str:
+    if keras_axis == 0:
+        return "batch"
+    if len(info.shape) == 4 and keras_axis in (1, 2):
+        return f"{info.name}_{'height' if keras_axis == 1 else 'width'}"
+    return f"{info.name}_dim{keras_axis}"

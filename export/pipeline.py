@@ -1,0 +1,97 @@
+"""One export run: load a `.keras`, fold BN, write every requested format into one directory, check parity.
+
+The export directory is written atomically as a whole (complete, or the previous one untouched):
+
+    model.keras          the original model (the parity reference)
+    model_folded.keras   after BN folding (--fold-bn)
+    fold_report.json     what was folded and what was kept, with reasons (--fold-bn)
+    saved_model/         SavedModel with a `serving_default` signature
+    model.onnx           ONNX, dynamic batch (and H×W for fully convolutional models)
+    model.tflite         TFLite
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
+from export.atomic import atomic_output
+from export.fold_bn import FoldReport, fold_batchnorm
+from export.loading import load_keras
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    written: list[Path] = field(default_factory=list)
+    fold_report: FoldReport | None = None
+
+
+def export_model(
+    src: Path | str,
+    out_dir: Path | str,
+    *,
+    fold_bn: bool = True,
+    onnx: bool = True,
+    savedmodel: bool = True,
+    tflite: bool = False,
+    opset: int = 17,
+    nchw: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> ExportResult:
+    """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically)."""
+    from export.onnx import export_onnx
+    from export.savedmodel import export_savedmodel
+    from export.tflite import export_tflite
+
+    src, out_dir = Path(src), Path(out_dir).expanduser()
+    model = load_keras(src)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out_dir)
+    meta = {"zoo_version": _version(), "source_model": str(src), **(metadata or {})}
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir()
+        shutil.copyfile(src, tmp / ORIGINAL)
+        target = model
+        if fold_bn:
+            target, result.fold_report = fold_batchnorm(model)
+            target.save(tmp / FOLDED)
+            (tmp / FOLD_REPORT).write_text(result.fold_report.to_json())
+            meta["fold_report"] = result.fold_report.summary()
+        if savedmodel or tflite:
+            export_savedmodel(target, tmp / SAVEDMODEL)
+        if onnx:
+            export_onnx(target, tmp / ONNX, opset=opset, nchw=nchw, metadata=meta)
+        if tflite:
+            export_tflite(target, tmp / TFLITE, saved_model=tmp / SAVEDMODEL)
+        if not savedmodel:
+            shutil.rmtree(tmp / SAVEDMODEL, ignore_errors=True)
+        result.written = [out_dir / p.name for p in sorted(tmp.iterdir())]
+    return result
+
+
+def is_export_dir(directory: Path) -> bool:
+    """Whether `directory` holds an export (a reference model and at least one exported format)."""
+    found = find_artifacts(directory)
+    return ORIGINAL in found and any(k in found for k in (FOLDED, SAVEDMODEL, ONNX, TFLITE))
+
+
+def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1e-5, rtol: float = 1e-5,
+                 batches: tuple[int, ...] = (1, 7), seed: int = 0):
+    """Run every runtime found in an export directory against the original Keras model (see export/parity.py)."""
+    from export.artifacts import runners_for
+    from export.parity import run_parity, standard_input_sets
+
+    reference, candidates, notes = runners_for(Path(directory), device=device)
+    input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed)
+    return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes)
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("zoo")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"

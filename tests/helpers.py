@@ -1,0 +1,48 @@
+"""Shared test helpers: realistic BN statistics and the one parity assertion every test uses."""
+
+import numpy as np
+
+
+def randomize_bn(model, seed: int = 0) -> None:
+    """Give every BN random γ/β/mean and variance |randn|+0.5, and every bias non-zero values (nested too)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            if layer.scale:
+                layer.gamma.assign(rng.normal(size=n).astype("float32"))
+            if layer.center:
+                layer.beta.assign(rng.normal(size=n).astype("float32"))
+            layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
+            layer.moving_variance.assign((np.abs(rng.normal(size=n)) + 0.5).astype("float32"))
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(size=tuple(layer.bias.shape)).astype("float32"))
+
+
+def bn_layer_names(model) -> list[str]:
+    import keras
+
+    return [l.name for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def predict(model, x):
+    import keras
+
+    out = model(x, training=False)
+    if isinstance(out, (list, tuple)):
+        return [keras.ops.convert_to_numpy(o) for o in out]
+    return keras.ops.convert_to_numpy(out)
+
+
+def assert_parity(ref, out, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """Every element within atol OR rtol·|ref| (Polygraphy's rule), through the project's one comparison."""
+    from export.parity import compare
+
+    refs = ref if isinstance(ref, list) else [ref]
+    outs = out if isinstance(out, list) else [out]
+    assert len(refs) == len(outs)
+    for r, o in zip(refs, outs):
+        result = compare(np.asarray(r), np.asarray(o), atol=atol, rtol=rtol)
+        assert result["passed"], result
