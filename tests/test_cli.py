@@ -66,7 +66,7 @@ def test_train_writes_the_run(run_dir):
 
 def test_export_writes_bn_free_onnx_with_stable_names(export_dir):
     names = {p.name for p in export_dir.iterdir()}
-    assert {"model.keras", "model_folded.keras", "fold_report.json", "saved_model", "model.onnx"} <= names
+    assert {"model.keras", "model_folded.keras", "fold_report.json", "saved_model", "model.onnx", "parity.json"} <= names
     graph = onnx.load(export_dir / "model.onnx").graph
     ops = [node.op_type for node in graph.node]
     assert "BatchNormalization" not in ops and "Mul" not in ops

@@ -133,7 +133,10 @@ def export_command(
         for path in result.written:
             typer.echo(f"wrote {path}")
         if parity:
-            _print_parity(result.directory, device=device.value, atol=1e-5, rtol=1e-5, json_path=None)
+            from export.artifacts import PARITY_REPORT
+
+            _print_parity(result.directory, device=device.value, atol=1e-5, rtol=1e-5,
+                          json_path=result.directory / PARITY_REPORT)
 
 
 @app.command("parity")

@@ -1,0 +1,177 @@
+"""`train(model_name, ...)`: fit a registered classifier on a dataset and write a run directory.
+
+A run directory holds model.keras, history.csv, metrics.json and curves.png. Everything is written into a
+hidden staging directory next to `out` and moved in only when training succeeded, so a failure or Ctrl-C leaves
+`out` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+import zoo
+from zoo.data import load_dataset, make_pipeline
+from zoo.errors import ZooError
+from zoo.registry import create_model, get_model_spec
+
+RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png")
+
+
+def train(
+    model_name: str,
+    *,
+    dataset: str = "digits",
+    epochs: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    out: Path,
+    image_size: int | None = None,
+    augment: bool | None = None,
+    verbose: int | str = "auto",
+    model_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
+
+    `epochs` and `augment` default to the dataset's own recipe; `image_size` to its native size. The learning
+    rate follows a cosine decay from `lr` to 0 over the run, which makes the final epoch (the saved model) the
+    settled one.
+    """
+    started = time.perf_counter()
+    spec = get_model_spec(model_name)
+    if spec.task != "classification":
+        raise ZooError(f"model {model_name!r} is a {spec.task} model; `zoo train` trains classifiers")
+    model_config = dict(model_config or {})
+    clash = sorted({"input_shape", "num_classes"} & set(model_config))
+    if clash:
+        raise ZooError(f"{', '.join(clash)} come from the dataset; use --image-size to change the input size")
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("image_size", image_size)):
+        if value is not None:
+            _check_positive(name, value, integer=True)
+    _check_positive("lr", lr)
+    out = Path(out).expanduser()
+    staging = _staging_dir(out)
+    try:
+        keras.utils.set_random_seed(seed)
+        data = load_dataset(dataset, seed=seed)
+        epochs = data.default_epochs if epochs is None else epochs
+        augment = data.default_augment if augment is None else augment
+        size = data.default_image_size if image_size is None else image_size
+        model = create_model(
+            model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
+        )
+        train_ds, val_ds, test_ds = (
+            make_pipeline(
+                split,
+                image_size=size,
+                channels=data.channels,
+                batch_size=batch_size,
+                training=split is data.train,
+                seed=seed,
+                augment=augment,
+                flip=data.mirror_invariant,
+            )
+            for split in (data.train, data.val, data.test)
+        )
+        _compile(model, lr, decay_steps=epochs * math.ceil(len(data.train) / batch_size))
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            shuffle=False,  # the pipeline shuffles, seeded; Keras cannot shuffle a tf.data.Dataset anyway
+            verbose=verbose,
+            callbacks=[keras.callbacks.CSVLogger(str(staging / "history.csv"))],
+        ).history
+        test = model.evaluate(test_ds, verbose=0, return_dict=True)
+        model.save(staging / "model.keras")
+        _plot_curves(history, staging / "curves.png")
+        metrics = {
+            "model": model_name,
+            "dataset": dataset,
+            "test_accuracy": float(test["accuracy"]),
+            "test_loss": float(test["loss"]),
+            "val_accuracy": float(history["val_accuracy"][-1]),
+            "params": int(model.count_params()),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "augment": augment,
+            "image_size": size,
+            "channels": data.channels,
+            "model_config": model_config,
+            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "class_names": data.class_names,
+            "zoo_version": zoo.__version__,
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return metrics
+
+
+def _compile(model: keras.Model, lr: float, *, decay_steps: int) -> None:
+    """Adam with a cosine decay from `lr` to 0, sparse cross-entropy on logits, accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _check_positive(name: str, value: Any, *, integer: bool = False) -> None:
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        raise ZooError(f"{name} must be a positive {'integer' if integer else 'number'}, not {value!r}")
+
+
+def _staging_dir(out: Path) -> Path:
+    """Create the staging directory beside `out`; this is the up-front proof that `out` can be written."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} is a file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        if out.is_dir() and not os.access(out, os.W_OK):
+            shutil.rmtree(staging)
+            raise PermissionError(f"{out} is not writable")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ZooError(f"cannot write to {out}: {reason}; choose another --out") from None
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished files into `out` (a fresh `out` is renamed into place in one step)."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    for name in RUN_FILES:
+        (staging / name).replace(out / name)
+
+
+def _plot_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Loss and accuracy per epoch, train and val, side by side. Uses the Agg canvas directly (no pyplot
+    state, no display needed)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    epochs = range(1, len(history["loss"]) + 1)
+    for axis, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+        axis.plot(epochs, history[metric], marker="o", label="train")
+        axis.plot(epochs, history[f"val_{metric}"], marker="o", label="val")
+        axis.set(xlabel="epoch", ylabel=metric, title=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.savefig(path, dpi=100)
