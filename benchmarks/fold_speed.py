@@ -8,7 +8,8 @@ For each model (random moderate BN statistics and non-zero biases, as a trained 
 
 Timing: both variants are loaded side by side, warmed up, then run alternately (unfolded, folded, folded,
 unfolded, …) so load from other processes hits both; we report the median (p50) of each and the ratio
-unfolded/folded (> 1: folded is faster), plus the median and interquartile range of the per-pair ratios.
+unfolded/folded (> 1: folded is faster), plus the interquartile range of the per-pair ratios (a wide range means
+the machine was noisy). ORT sessions run with thread spinning off unless --spin (see its help).
 
     python benchmarks/fold_speed.py                                   # resnet50, mobilenetv2, convnet, cnn_bn
     python benchmarks/fold_speed.py --models resnet50 --batches 1 --runs 100 --threads 1
@@ -117,7 +118,7 @@ def ort_session(path: Path, level: str, threads: int, spin: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if not spin:  # idle worker threads stop spinning: fairer when another process competes for the cores
+    if not spin:  # idle worker threads sleep instead of spinning (see --spin)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
@@ -305,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="intra-op threads for ORT and TF (default 0: each library's own default)")
     parser.add_argument("--size", type=int, default=128,
                         help="input height = width of the keras.applications models (default 128)")
-    parser.add_argument("--no-spin", action="store_true",
-                        help="ORT worker threads do not spin while idle (steadier when other processes compete)")
+    parser.add_argument("--spin", action="store_true",
+                        help="let idle ORT worker threads spin (ORT's default). Off by default here: with two sessions "
+                             "run alternately on 2 cores, the idle session's spinning threads steal the cores from "
+                             "the running one (ResNet50 batch 1: ~120 ms instead of ~15 ms)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
     parser.add_argument("--quiet", action="store_true", help="only the final table")
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 records.append(measure(name, Path(tmp), batches=batches, runs=args.runs, runs_large=args.runs_large,
                                        warmup=args.warmup, threads=args.threads, runtimes=runtimes, seed=args.seed,
-                                       size=args.size, spin=not args.no_spin, log=log))
+                                       size=args.size, spin=args.spin, log=log))
             except ImportError as e:  # cnn_bn needs the zoo package
                 print(f"{name}: skipped ({e})", file=sys.stderr)
     env["loadavg_end"] = list(os.getloadavg())
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average (1 min) at start {env['loadavg_start'][0]:.2f}, at end {env['loadavg_end'][0]:.2f} on "
           f"{env['cpus']} CPUs; threads: {env['threads']}; runs: {args.runs} (batch < 8) / {args.runs_large} "
           f"(batch >= 8) per variant after {args.warmup} warm-up, interleaved; keras.applications input "
-          f"{args.size}²; ORT spinning {'off' if args.no_spin else 'on (default)'}; ratio > 1: folded faster")
+          f"{args.size}²; ORT thread spinning {'on' if args.spin else 'off'}; ratio > 1: folded faster")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {"json": str(args.json)},
                                      "models": records}, indent=2, default=float))

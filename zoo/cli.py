@@ -90,7 +90,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and initialisation.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/MODEL).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the dataset's).")] = None,
-    augment: Annotated[bool, typer.Option(help="Random crop (and flips where they are label-safe) in training.")] = False,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random shifts (and flips where label-safe) in training (default: the dataset's recipe).")] = None,
 ) -> None:
     """Train a zoo model with tf.data; writes model.keras, history.csv, metrics.json and curves.png."""
     with user_errors():
