@@ -37,6 +37,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from tests.helpers import randomize_bn  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "applications.json"
 # keras.applications builder name -> scale of the [0, 1) test inputs. Models that rescale internally
 # (include_preprocessing: MobileNetV3, EfficientNet) expect pixels in [0, 255].
@@ -77,27 +79,8 @@ def build(name: str, size: int, seed: int = 0, *, conv_bias: bool = False):
             if entry["class_name"] in CONV_CLASSES:
                 entry["config"]["use_bias"] = True
         model = keras.Model.from_config(config)
-    randomize(model, seed)
+    randomize_bn(model, seed, moderate=True)
     return model
-
-
-def randomize(model, seed: int = 0) -> None:
-    """Trained-looking inference statistics: γ ~ U(0.5,1.5), β ~ N(0,0.1), mean ~ N(0,0.1), var ~ U(0.5,1.5) for
-    every BN, and a bias ~ N(0, 0.1) for every other layer that has one (nested layers included)."""
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.1, tuple(layer.bias.shape)).astype("float32"))
 
 
 def bn_names(model) -> list[str]:

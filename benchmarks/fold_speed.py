@@ -37,6 +37,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from tests.helpers import randomize_bn  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "fold_speed.json"
 RUNTIMES = ("ort-all", "ort-none", "savedmodel")
 # Bookkeeping ops that are not work, left out of the Grappler op count.
@@ -91,27 +93,6 @@ MODELS = {
 }
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "convnet", "cnn_bn")
 APPLICATIONS = ("resnet50", "resnet50v2", "mobilenetv2")
-
-
-def randomize(model, seed: int = 0) -> None:
-    """γ ~ U(0.5,1.5), β ~ N(0,0.1), mean ~ N(0,0.1), var ~ U(0.5,1.5), every existing bias ~ N(0,0.1)."""
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            if layer.scale:
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.1, tuple(layer.bias.shape)).astype("float32"))
-
-
-# ------------------------------------------------------------------------------------------ runtimes
 
 
 def ort_session(path: Path, level: str, threads: int, spin: bool = True):
@@ -209,7 +190,7 @@ def measure(name: str, workdir: Path, *, batches: list[int], runs: int, runs_lar
     build, description = MODELS[name]
     keras.utils.set_random_seed(seed)
     model = build(size) if name in APPLICATIONS else build()
-    randomize(model, seed)
+    randomize_bn(model, seed, moderate=True)
     folded, report = fold_batchnorm(model)
     log(f"{name}: {report.summary()[:160]}")
     record = {"model": name, "description": description, "input": list(model.inputs[0].shape[1:]),

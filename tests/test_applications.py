@@ -92,23 +92,6 @@ ORT_PAD_FUSION_AFFECTED = {"ResNet50V2"}
 ONNX_EXTRA_INPUTS = {"EfficientNetB0"}
 
 
-def moderate_statistics(model, seed=0):
-    """γ ~ U(0.5,1.5), β ~ N(0,0.1), mean ~ N(0,0.1), var ~ U(0.5,1.5), biases ~ N(0,0.1): random but moderate, so a
-    100-layer net keeps its activations in range."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            if layer.scale:  # InceptionV3's BNs have scale=False
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.1, tuple(layer.bias.shape)).astype("float32"))
-
-
 def expected_kept_bns(model) -> set[str]:
     """BN layers that cannot fold, read off the Keras graph: the input does not come from a kernel layer with a
     linear activation whose output only this BN reads, and the output does not go to a single Conv/Dense alone."""
@@ -161,7 +144,7 @@ def test_application_folds_exactly(name, tmp_path):
     model = getattr(keras.applications, name)(
         input_shape=(96, 96, 3), weights=None, classes=10, classifier_activation=None
     )
-    moderate_statistics(model)
+    randomize_bn(model, moderate=True)
 
     folded, report = fold_batchnorm(model)
     expected = expected_kept_bns(model)
