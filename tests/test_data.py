@@ -45,7 +45,7 @@ def test_digits_splits_are_real_stratified_and_uint8(digits):
     assert (len(digits.train), len(digits.val), len(digits.test)) == (1257, 270, 270)
     assert (digits.name, digits.num_classes, digits.channels, digits.default_image_size) == ("digits", 10, 1, 28)
     assert digits.class_names == [str(i) for i in range(10)]
-    assert digits.default_augment and not digits.mirror_invariant  # shifts yes, flips no
+    assert not digits.mirror_invariant  # a mirrored digit is another symbol
     for split in (digits.train, digits.val, digits.test):
         assert split.x.shape[1:] == (8, 8, 1) and split.x.dtype == np.uint8 and split.y.dtype == np.int64
         assert np.bincount(split.y, minlength=10).min() >= 0.09 * len(split)  # every class, in proportion
@@ -104,7 +104,7 @@ def test_augmentation_is_seeded_training_only_and_keeps_shapes():
     x = np.random.default_rng(0).random((16, 16, 16, 3)).astype(np.float32)
     split = Split(x, np.zeros(16, np.int64))
 
-    def images(training, augment=True, seed=0, flip=True):
+    def images(training, augment=True, seed=0, flip=False):
         pipeline = make_pipeline(split, image_size=16, channels=3, batch_size=16, training=training, seed=seed,
                                  augment=augment, flip=flip)
         return np.sort(_batches(pipeline)[0][0].reshape(16, -1), axis=0)  # order-free comparison
@@ -116,7 +116,8 @@ def test_augmentation_is_seeded_training_only_and_keeps_shapes():
     np.testing.assert_array_equal(images(training=True), augmented)
     assert not np.array_equal(images(training=True, seed=1), augmented)
     np.testing.assert_array_equal(images(training=False), np.sort(x.reshape(16, -1), axis=0))
-    assert images(training=True, flip=False).shape == plain.shape
+    flipped = images(training=True, flip=True)
+    assert flipped.shape == plain.shape and not np.array_equal(flipped, augmented)
 
 
 # --- keras.datasets ----------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_keras_dataset_layout_and_val_split(monkeypatch):
     data = load_dataset("cifar10", seed=0)
     assert (len(data.train), len(data.val), len(data.test)) == (45, 5, 10)
     assert (data.channels, data.default_image_size, data.class_names[0]) == (3, 32, "airplane")
-    assert (data.default_epochs, data.default_augment, data.mirror_invariant) == (30, True, True)
+    assert (data.default_epochs, data.mirror_invariant) == (30, True)
     assert data.train.y.shape == (45,)
 
 
@@ -161,6 +162,7 @@ def test_npz_grayscale_uint8(tmp_path):
     spec = _write_npz(tmp_path / "gray.npz", **_keras_layout(), y_train_full=np.zeros(3))  # extra array ignored
     data = load_dataset(spec, seed=0)
     assert (data.channels, data.default_image_size, data.num_classes) == (1, 8, 4)
+    assert not data.mirror_invariant  # unknown content: shifts only, never flips
     assert (len(data.train), len(data.val), len(data.test)) == (36, 4, 20)
     assert data.train.x.dtype == np.uint8 and data.train.x.shape[1:] == (8, 8, 1)
 

@@ -21,7 +21,10 @@ def scratch_registry(monkeypatch):
 
 
 def test_registry_module_imports_no_tensorflow():
-    code = "import sys, zoo.registry, zoo.errors; print(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    code = (
+        "import sys, zoo.registry, zoo.errors; "
+        "print(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -34,7 +34,7 @@ def tiny_npz(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(tiny_npz, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "nested" / "run"
-    metrics = train("cnn_bn", dataset=tiny_npz, epochs=2, batch_size=16, lr=3e-3, out=out, verbose=0)
+    metrics = train("cnn_bn", dataset=tiny_npz, epochs=4, batch_size=8, lr=1e-3, out=out, verbose=0)
     return out, metrics
 
 
@@ -52,14 +52,14 @@ def test_metrics_are_sensible(run):
     assert metrics == json.loads((out / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.9  # the task is easy; a broken pipeline would sit near 1/3
     assert metrics["test_loss"] > 0 and 0 <= metrics["val_accuracy"] <= 1
-    assert (metrics["model"], metrics["epochs"], metrics["batch_size"], metrics["lr"]) == ("cnn_bn", 2, 16, 3e-3)
+    assert (metrics["model"], metrics["epochs"], metrics["batch_size"], metrics["lr"]) == ("cnn_bn", 4, 8, 1e-3)
     assert (metrics["image_size"], metrics["class_names"], metrics["seed"]) == (8, ["0", "1", "2"], 0)
-    assert metrics["augment"] is False  # the npz recipe's default
+    assert metrics["augment"] is True and metrics["channels"] == 1
     assert metrics["samples"] == {"train": 135, "val": 15, "test": 30}
     assert metrics["params"] == keras.saving.load_model(out / "model.keras").count_params()
     assert metrics["wall_time_s"] > 0 and metrics["zoo_version"]
     rows = list(csv.DictReader((out / "history.csv").open()))
-    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
 
 

@@ -85,12 +85,12 @@ def train(
     model: Annotated[str, typer.Argument(help="Registered model name (see `zoo list`).")],
     dataset: Annotated[str, typer.Option(help="digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH")] = "digits",
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the dataset's own default).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, cosine decay).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, 10 % warm-up, cosine decay).")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and initialisation.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/MODEL).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the dataset's).")] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random shifts (and flips where label-safe) in training (default: the dataset's recipe).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips where label-safe) in training.")] = True,
 ) -> None:
     """Train a zoo model with tf.data; writes model.keras, history.csv, metrics.json and curves.png."""
     with user_errors():

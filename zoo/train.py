@@ -31,20 +31,21 @@ def train(
     *,
     dataset: str = "digits",
     epochs: int | None = None,
-    batch_size: int = 64,
-    lr: float = 1e-3,
+    batch_size: int = 32,
+    lr: float = 3e-3,
     seed: int = 0,
     out: Path,
     image_size: int | None = None,
-    augment: bool | None = None,
+    augment: bool = True,
     verbose: int | str = "auto",
     model_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
-    `epochs` and `augment` default to the dataset's own recipe; `image_size` to its native size. The learning
-    rate follows a cosine decay from `lr` to 0 over the run, which makes the final epoch (the saved model) the
-    settled one.
+    `epochs` defaults to the dataset's own default, `image_size` to its native size. `augment` shifts the
+    training images at random (and flips them where the dataset says that keeps the class). The learning rate
+    warms up over the first 10 % of the steps, then follows a cosine decay to 0, so the final epoch (the saved
+    model) is the settled one.
     """
     started = time.perf_counter()
     spec = get_model_spec(model_name)
@@ -64,7 +65,6 @@ def train(
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
         epochs = data.default_epochs if epochs is None else epochs
-        augment = data.default_augment if augment is None else augment
         size = data.default_image_size if image_size is None else image_size
         model = create_model(
             model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
@@ -82,7 +82,7 @@ def train(
             )
             for split in (data.train, data.val, data.test)
         )
-        _compile(model, lr, decay_steps=epochs * math.ceil(len(data.train) / batch_size))
+        _compile(model, lr, steps=epochs * math.ceil(len(data.train) / batch_size))
         history = model.fit(
             train_ds,
             validation_data=val_ds,
@@ -121,10 +121,15 @@ def train(
     return metrics
 
 
-def _compile(model: keras.Model, lr: float, *, decay_steps: int) -> None:
-    """Adam with a cosine decay from `lr` to 0, sparse cross-entropy on logits, accuracy."""
+def _compile(model: keras.Model, lr: float, *, steps: int) -> None:
+    """Adam (linear warm-up from lr/10 to `lr` over 10 % of the steps, then cosine decay to 0), sparse
+    cross-entropy on logits, accuracy. The warm-up keeps the first steps from outrunning BN's statistics."""
+    warmup = steps // 10
+    schedule = keras.optimizers.schedules.CosineDecay(
+        lr / 10, decay_steps=steps - warmup, warmup_target=lr, warmup_steps=warmup
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps)),
+        optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

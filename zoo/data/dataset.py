@@ -38,7 +38,6 @@ class ImageDataset:
     train: Split
     val: Split
     test: Split
-    default_augment: bool = False  # whether `train` augments unless told otherwise
     mirror_invariant: bool = False  # True only where a horizontal flip is known to keep the class (photos)
 
     @property

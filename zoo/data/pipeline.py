@@ -26,12 +26,13 @@ def make_pipeline(
     training: bool,
     seed: int,
     augment: bool = False,
-    flip: bool = True,
+    flip: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 1], shape (B, image_size, image_size, channels), int64 labels).
 
-    `training` shuffles (seeded, reshuffled each epoch) and enables `augment`: random crop after padding by
-    1/8 of the side, and a horizontal flip unless `flip=False` (flipping changes a digit's meaning).
+    `training` shuffles (seeded, reshuffled each epoch) and enables `augment`: a random shift by up to 1/12 of
+    the side (zero-pad, random crop), plus a random horizontal flip when `flip` (only where that keeps the class:
+    a mirrored digit is another symbol).
     """
     dataset = tf.data.Dataset.from_tensor_slices((split.x, split.y))
     prepare = _decode_file if split.from_files else tf.identity
@@ -75,7 +76,7 @@ def _standardise(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
 def _augment(image: tf.Tensor, seed_pair: tf.Tensor, *, flip: bool) -> tf.Tensor:
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
     size, _, channels = image.shape
-    pad = max(1, size // 8)
+    pad = max(1, round(size / 12))  # 2 px at 28: on 15.7k MNIST images, 3 px slowed training more than it helped
     image = tf.image.pad_to_bounding_box(image, pad, pad, size + 2 * pad, size + 2 * pad)
     image = tf.image.stateless_random_crop(image, [size, size, channels], seed=crop_seed)
     if flip:
