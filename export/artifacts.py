@@ -45,6 +45,29 @@ def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
     return {name: export_dir / name for name in ARTIFACTS if (export_dir / name).exists()}
 
 
+def open_runner(path: Path | str, *, device: str = "auto") -> Runner:
+    """A runner for one model file, by kind: `.keras`, `.onnx` (ONNX Runtime on `device`), `.tflite`, a SavedModel
+    folder, or a folder holding one of model.keras / model.onnx / saved_model (a run or export folder; the first
+    found in that order)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return SavedModelRunner(path)
+        for name in (ORIGINAL, ONNX, SAVEDMODEL):
+            if (path / name).exists():
+                return open_runner(path / name, device=device)
+        raise ExportError(f"{path} holds no model.keras, model.onnx or saved_model; pass a model file or folder")
+    if not path.exists():
+        raise ExportError(f"model {path} does not exist")
+    if path.suffix == ".keras":
+        return KerasRunner(path)
+    if path.suffix == ".onnx":
+        return OrtRunner(path, device=device)
+    if path.suffix == ".tflite":
+        return TFLiteRunner(path)
+    raise ExportError(f"model {path} is not a .keras, .onnx or .tflite file or a SavedModel folder")
+
+
 def runners_for(export_dir: Path | str, *, device: str = "auto") -> tuple[Runner, list[Runner], list[str]]:
     """(reference, candidates, notes) for every artifact in `export_dir`.
 

@@ -50,13 +50,19 @@ def make_inputs(
 
 
 def standard_input_sets(
-    input_specs: Sequence[TensorInfo], *, batches: Sequence[int] = DEFAULT_BATCHES, seed: int = 0
+    input_specs: Sequence[TensorInfo],
+    *,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    seed: int = 0,
+    sizes: Sequence[tuple[int, ...]] | None = None,
 ) -> list[InputSet]:
-    """One input set per batch size (1 and 7); for models with dynamic H×W those at 32×32, plus batch 2 at a
-    second size (48×64). Each set has its own seed (seed, seed + 1, …)."""
+    """One input set per batch size (1 and 7); for models with dynamic H×W those at the first of `sizes`, plus
+    batch 2 at each further size (default sizes 32×32 and 48×64). Each set has its own seed (seed, seed + 1, …)."""
     dynamic = any(spec.dynamic_axes for spec in input_specs)
-    spatial = PRIMARY_SPATIAL if dynamic else None
-    plan = [(batch, spatial) for batch in batches] + ([(2, SECOND_SPATIAL)] if dynamic else [])
+    if sizes is not None and not dynamic:
+        raise ExportError("this model has a fixed input size; image sizes apply only to models with dynamic H×W")
+    sizes = [tuple(s) for s in (sizes or (PRIMARY_SPATIAL, SECOND_SPATIAL))] if dynamic else [None]
+    plan = [(batch, sizes[0]) for batch in batches] + [(2, size) for size in sizes[1:]]
     return [
         (input_label(batch, size), make_inputs(input_specs, batch=batch, seed=seed + i, spatial=size))
         for i, (batch, size) in enumerate(plan)

@@ -32,6 +32,10 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+SIZE_HELP = ("Image size HxW for models with dynamic H×W (repeat it: the first size runs at batch 1 and 7, each "
+             "further one at batch 2; default 32x32 and 48x64).")
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turn domain errors (and anything unexpected) into one line on stderr and exit code 1."""
@@ -80,29 +84,144 @@ def list_command() -> None:
             typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
 
 
+class Norm(str, enum.Enum):
+    batch = "batch"
+    instance = "instance"
+
+
+class LossNet(str, enum.Enum):
+    vgg16 = "vgg16"
+    vgg19 = "vgg19"
+    random = "random"
+
+
+STYLE_MODELS = ("style", "style_transformer")
+
+
 @app.command()
 def train(
-    model: Annotated[str, typer.Argument(help="Registered model name (see `zoo list`).")],
-    dataset: Annotated[str, typer.Option(help="digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH")] = "digits",
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the dataset's own default).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, 10 % warm-up, cosine decay).")] = 3e-3,
+    model: Annotated[str, typer.Argument(help="Registered model name (see `zoo list`); `style` trains the style network.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Classifiers: digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH (default digits).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Classifiers: epochs (default: the dataset's own default).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32; style: 4).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 3e-3 with warm-up and cosine decay; style: 1e-3 constant).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and initialisation.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/MODEL).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the dataset's).")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips where label-safe) in training.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/MODEL; style: runs/style_NORM).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the dataset's; style: 128-px crops).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Classifiers: random shifts (and flips where label-safe).")] = True,
+    style: Annotated[Optional[str], typer.Option(help="Style: the style image (a file or skimage:NAME, e.g. skimage:brick).")] = None,
+    content: Annotated[Optional[Path], typer.Option(help="Style: a folder of content images (default: scikit-image's bundled photos).")] = None,
+    norm: Annotated[Norm, typer.Option(help="Style: normalisation in the style network.")] = Norm.batch,
+    steps: Annotated[Optional[int], typer.Option(help="Style: training steps (default 400).")] = None,
+    style_weight: Annotated[Optional[float], typer.Option(help="Style: weight of the style loss (default 10).")] = None,
+    content_weight: Annotated[Optional[float], typer.Option(help="Style: weight of the content loss (default 1).")] = None,
+    tv_weight: Annotated[Optional[float], typer.Option(help="Style: weight of the total-variation loss (default 1).")] = None,
+    loss_net: Annotated[LossNet, typer.Option(help="Style: loss network; vgg16/vgg19 need ImageNet weights (Keras cache or --vgg-weights), random runs offline but is not a perceptual loss.")] = LossNet.vgg16,
+    vgg_weights: Annotated[Optional[Path], typer.Option(help="Style: the no-top ImageNet weights .h5 for --loss-net vgg16/vgg19.")] = None,
 ) -> None:
-    """Train a zoo model with tf.data; writes model.keras, history.csv, metrics.json and curves.png."""
+    """Train a zoo model: classifiers on a dataset, `style` on content photos and a style image.
+
+    Classifiers write model.keras, history.csv, metrics.json and curves.png; style runs write model.keras,
+    losses.csv, losses.png, grid.png and metrics.json.
+    """
     with user_errors():
         _quiet_tensorflow()
+        from zoo.errors import ZooError
+
+        style_options = {"--style": style, "--content": content, "--steps": steps, "--style-weight": style_weight,
+                         "--content-weight": content_weight, "--tv-weight": tv_weight, "--vgg-weights": vgg_weights}
+        if model in STYLE_MODELS:
+            given = [name for name, value in (("--dataset", dataset), ("--epochs", epochs)) if value is not None]
+            if given:
+                raise ZooError(f"{', '.join(given)} is for classifiers; the style network trains on --content images")
+            if style is None:
+                raise ZooError("give the style image: zoo train style --style IMAGE (a file or skimage:NAME)")
+            from zoo.style.train import DEFAULTS, train_style
+
+            chosen = {"steps": steps, "image_size": image_size, "batch_size": batch_size, "lr": lr,
+                      "style_weight": style_weight, "content_weight": content_weight, "tv_weight": tv_weight}
+            settings = {k: DEFAULTS[k] if v is None else v for k, v in chosen.items()}
+            out = out or Path("runs") / f"style_{norm.value}"
+            metrics = train_style(style=style, content=content, norm=norm.value, loss_net=loss_net.value,
+                                  vgg_weights=vgg_weights, seed=seed, out=out, **settings)
+            ev = metrics["evaluation"]
+            typer.echo(f"loss network: {metrics['loss_net']}")
+            typer.echo(f"style loss of held-out images: {ev['content_images_style_loss']:.4g} before, "
+                       f"{ev['stylized_style_loss']:.4g} stylized ({100 * ev['style_loss_ratio']:.1f} %); content "
+                       f"loss {ev['stylized_content_loss']:.4g}; {metrics['steps']} steps in "
+                       f"{metrics['wall_time_s']:.1f} s")
+            typer.echo(f"wrote {out}/model.keras, losses.csv, losses.png, grid.png, metrics.json")
+            return
+        given = [name for name, value in style_options.items() if value is not None]
+        if given or norm is not Norm.batch or loss_net is not LossNet.vgg16:
+            given += [o for o, bad in (("--norm", norm is not Norm.batch), ("--loss-net", loss_net is not LossNet.vgg16)) if bad]
+            raise ZooError(f"{', '.join(given)} is for `zoo train style`, not {model!r}")
         from zoo.train import train as train_model
 
         out = out or Path("runs") / model
-        metrics = train_model(model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                              out=out, image_size=image_size, augment=augment)
+        metrics = train_model(model, dataset=dataset or "digits", epochs=epochs, batch_size=batch_size or 32,
+                              lr=3e-3 if lr is None else lr, seed=seed, out=out, image_size=image_size,
+                              augment=augment)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")
+
+
+class Method(str, enum.Enum):
+    network = "network"
+    optimize = "optimize"
+
+
+@app.command()
+def stylize(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="MODEL IMAGE...: a style network (.keras, SavedModel folder, .onnx, .tflite, or a run/export folder), then images (files or skimage:NAME).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder; each image is written as OUT/<name>.png.")] = Path("stylized"),
+    method: Annotated[Method, typer.Option(help="network: apply a trained network; optimize: Gatys et al. pixel optimisation (--content, --style).")] = Method.network,
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device for .onnx models.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(help="Images of the same size run together, this many at a time.")] = 4,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this many pixels (memory).")] = 4096 * 4096,
+    content: Annotated[Optional[str], typer.Option(help="optimize: the content image.")] = None,
+    style: Annotated[Optional[str], typer.Option(help="optimize: the style image.")] = None,
+    steps: Annotated[int, typer.Option(help="optimize: Adam steps on the pixels.")] = 300,
+    image_size: Annotated[int, typer.Option(help="optimize: longer side of the result.")] = 256,
+    style_weight: Annotated[float, typer.Option(help="optimize: weight of the style loss.")] = 10.0,
+    loss_net: Annotated[LossNet, typer.Option(help="optimize: loss network (see `zoo train --help`).")] = LossNet.vgg19,
+    vgg_weights: Annotated[Optional[Path], typer.Option(help="optimize: no-top ImageNet weights .h5.")] = None,
+) -> None:
+    """Stylize images with a trained style network, or by optimising the pixels (Gatys et al.)."""
+    with user_errors():
+        _quiet_tensorflow()
+        from zoo.errors import ZooError
+
+        if method is Method.network:
+            if content or style:
+                raise ZooError("--content/--style are for --method optimize; a network already holds its style")
+            if not paths or len(paths) < 2:
+                raise ZooError("give a model and at least one image: zoo stylize MODEL IMAGE... --out DIR")
+            from zoo.style.stylize import stylize_files
+
+            written, detail = stylize_files(paths[0], paths[1:], out, device=device.value, batch_size=batch_size,
+                                            max_pixels=max_pixels)
+            typer.echo(f"ran {detail}")
+            for path in written:
+                typer.echo(f"wrote {path}")
+            return
+        if paths:
+            raise ZooError("--method optimize takes --content IMAGE --style IMAGE, not a model and images")
+        if not content or not style:
+            raise ZooError("--method optimize needs --content IMAGE and --style IMAGE")
+        from zoo.images import save_image
+        from zoo.style.stylize import _make_dir, optimize_image
+
+        image, record = optimize_image(content, style, steps=steps, image_size=image_size, style_weight=style_weight,
+                                       loss_net=loss_net.value, vgg_weights=vgg_weights)
+        _make_dir(out)
+        stem = Path(content.partition(":")[2] if content.startswith("skimage:") else content).stem
+        path = save_image(image, out / f"{stem}_optimized.png")
+        first, last = record["first_losses"], record["final_losses"]
+        typer.echo(f"loss network: {record['loss_net']}")
+        typer.echo(f"style loss {first['style']:.4g} -> {last['style']:.4g}, content loss {last['content']:.4g} "
+                   f"after {steps} steps in {record['wall_time_s']:.1f} s; wrote {path}")
 
 
 @app.command("export")
@@ -117,11 +236,15 @@ def export_command(
     nchw: Annotated[bool, typer.Option(help="ONNX takes and returns NCHW images (no layout Transposes).")] = False,
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Check every written format against the original.")] = True,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for the parity check.")] = Device.auto,
+    size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table."""
     with user_errors():
         _quiet_tensorflow()
+        import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
         from export.pipeline import export_model
+
+        sizes = _parse_sizes(size)
         from zoo.runs import resolve_source
 
         source = resolve_source(src)
@@ -136,7 +259,7 @@ def export_command(
             from export.artifacts import PARITY_REPORT
 
             _print_parity(result.directory, device=device.value, atol=1e-5, rtol=1e-5,
-                          json_path=result.directory / PARITY_REPORT)
+                          json_path=result.directory / PARITY_REPORT, sizes=sizes)
 
 
 @app.command("parity")
@@ -146,20 +269,39 @@ def parity_command(
     rtol: Annotated[float, typer.Option(help="Relative tolerance (an element fails only past both).")] = 1e-5,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works.")] = Device.auto,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
 ) -> None:
     """Compare every runtime's outputs with the original Keras model; exit 1 on any failure."""
     with user_errors():
         _quiet_tensorflow()
+        import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
+
+        sizes = _parse_sizes(size)
         from zoo.runs import resolve_export_dir
 
         with resolve_export_dir(src) as directory:
-            _print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path)
+            _print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes)
 
 
-def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None) -> None:
+def _parse_sizes(values: list[str] | None) -> list[tuple[int, int]] | None:
+    from zoo.errors import ZooError
+
+    if not values:
+        return None
+    sizes = []
+    for value in values:
+        height, sep, width = value.lower().partition("x")
+        if not (sep and height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+            raise ZooError(f"--size {value!r} is not HxW (e.g. 250x333)")
+        sizes.append((int(height), int(width)))
+    return sizes
+
+
+def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None,
+                  sizes: list[tuple[int, int]] | None = None) -> None:
     from export.pipeline import check_parity
 
-    report = check_parity(directory, device=device, atol=atol, rtol=rtol)
+    report = check_parity(directory, device=device, atol=atol, rtol=rtol, sizes=sizes)
     typer.echo(report.table())
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))

@@ -37,17 +37,123 @@ def conv_bn_act(
     name: str,
     activation: str | None = "relu",
     use_bias: bool = False,
-    norm: str = "batch",
+    norm: str | None = "batch",
+    padding: str = "same",
 ):
-    """Conv2D('same') → norm → activation, named f"{name}_conv", f"{name}_bn" (or _in), f"{name}_{activation}".
+    """Conv2D → norm → activation, named f"{name}_conv", f"{name}_bn" (or _in), f"{name}_{activation}".
 
     `use_bias` defaults to False because the norm's shift makes a conv bias redundant; pass True to model nets
-    trained with one (BN folding must cope with non-zero biases).
+    trained with one (BN folding must cope with non-zero biases). `padding="reflect"` mirror-pads by
+    kernel_size // 2 (layer f"{name}_pad") before a 'valid' conv, as image-to-image nets do; `norm=None` skips
+    the norm.
     """
+    if padding == "reflect":
+        x = ReflectionPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+    elif padding != "same":
+        raise ValueError(f"padding must be 'same' or 'reflect', not {padding!r}")
     x = keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=use_bias, name=f"{name}_conv"
+        filters, kernel_size, strides=strides, padding="valid" if padding == "reflect" else "same",
+        use_bias=use_bias, name=f"{name}_conv",
     )(x)
-    x = norm_layer(norm, f"{name}_{NORM_KINDS.get(norm, 'norm')}")(x)
+    if norm is not None:
+        x = norm_layer(norm, f"{name}_{NORM_KINDS.get(norm, 'norm')}")(x)
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
+
+
+# --- Layers the fully convolutional image-to-image models need (registered, so a saved `.keras` loads in
+# safe_mode wherever `zoo.layers` is imported). Each is a handful of tensor ops that tf2onnx and the TFLite
+# converter lower to builtin Pad / Slice / Resize ops, with the H×W kept dynamic.
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ReflectionPadding2D(keras.layers.Layer):
+    """Mirror-pad H and W by `padding` pixels on each side (no border artefacts, unlike zero padding)."""
+
+    def __init__(self, padding: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+
+    def call(self, x):
+        p = self.padding
+        return keras.ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, shape):
+        grow = lambda d: None if d is None else d + 2 * self.padding  # noqa: E731
+        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PadToMultiple(keras.layers.Layer):
+    """Mirror-pad the bottom and right edges so H and W become multiples of `multiple`.
+
+    Lets a net with two stride-2 stages and two ×2 upsamplings take any H×W: pad here, crop back with
+    `CropLike` at the end, and the output has exactly the input's size.
+    """
+
+    def __init__(self, multiple: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = int(multiple)
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
+        pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
+        x = keras.ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="reflect")
+        # a pad by computed amounts loses the static channel count, which the TFLite converter needs
+        return keras.ops.reshape(x, (shape[0], shape[1] + pad_h, shape[2] + pad_w, self._channels))
+
+    def build(self, shape):
+        self._channels = shape[-1]
+
+    def compute_output_shape(self, shape):
+        up = lambda d: None if d is None else -(-d // self.multiple) * self.multiple  # noqa: E731
+        return (shape[0], up(shape[1]), up(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class CropLike(keras.layers.Layer):
+    """`CropLike()([x, reference])`: the top-left H×W of `x`, where H×W is the reference's size."""
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape = keras.ops.shape(reference)
+        return x[:, : shape[1], : shape[2], :]
+
+    def compute_output_shape(self, shapes):
+        x, reference = shapes
+        return (x[0], reference[1], reference[2], x[3])
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class NearestUpsampling2D(keras.layers.Layer):
+    """Nearest-neighbour ×`factor` upsampling that keeps the channel count static with a dynamic H×W.
+
+    Keras' UpSampling2D (repeat + reshape) loses the channel count when H and W are unknown, and the TFLite
+    converter then cannot lower the next conv; a broadcast-and-reshape with the channels spelled out does not.
+    """
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        f, channels = self.factor, x.shape[-1]
+        shape = keras.ops.shape(x)
+        x = keras.ops.expand_dims(keras.ops.expand_dims(x, 2), 4)  # B, H, 1, W, 1, C
+        x = keras.ops.broadcast_to(x, (shape[0], shape[1], f, shape[2], f, channels))
+        return keras.ops.reshape(x, (shape[0], shape[1] * f, shape[2] * f, channels))
+
+    def compute_output_shape(self, shape):
+        grow = lambda d: None if d is None else d * self.factor  # noqa: E731
+        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

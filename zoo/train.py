@@ -57,10 +57,10 @@ def train(
         raise ZooError(f"{', '.join(clash)} come from the dataset; use --image-size to change the input size")
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("image_size", image_size)):
         if value is not None:
-            _check_positive(name, value, integer=True)
-    _check_positive("lr", lr)
+            check_positive(name, value, integer=True)
+    check_positive("lr", lr)
     out = Path(out).expanduser()
-    staging = _staging_dir(out)
+    staging = staging_dir(out)
     try:
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
@@ -115,7 +115,7 @@ def train(
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        _publish(staging, out)
+        publish(staging, out, RUN_FILES)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return metrics
@@ -135,13 +135,13 @@ def _compile(model: keras.Model, lr: float, *, steps: int) -> None:
     )
 
 
-def _check_positive(name: str, value: Any, *, integer: bool = False) -> None:
+def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
     kinds = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
         raise ZooError(f"{name} must be a positive {'integer' if integer else 'number'}, not {value!r}")
 
 
-def _staging_dir(out: Path) -> Path:
+def staging_dir(out: Path) -> Path:
     """Create the staging directory beside `out`; this is the up-front proof that `out` can be written."""
     try:
         if out.exists() and not out.is_dir():
@@ -157,12 +157,12 @@ def _staging_dir(out: Path) -> Path:
     return staging
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished files into `out` (a fresh `out` is renamed into place in one step)."""
+def publish(staging: Path, out: Path, files: tuple[str, ...]) -> None:
+    """Move the finished `files` into `out` (a fresh `out` is renamed into place in one step)."""
     if not out.exists():
         staging.rename(out)
         return
-    for name in RUN_FILES:
+    for name in files:
         (staging / name).replace(out / name)
 
 

@@ -1,0 +1,48 @@
+"""Run an image-to-image model (style transformer, denoiser) from any format on images of any size.
+
+The model comes from `export.artifacts.open_runner`: a `.keras`, a SavedModel folder, an `.onnx` (ONNX Runtime)
+or a `.tflite`, all behind the same call. Images of the same size go through together in batches; each output
+must have its input's H×W.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import ZooError
+
+
+class ImageModel:
+    def __init__(self, path: Path | str, *, device: str = "auto") -> None:
+        import zoo.layers  # noqa: F401 - registers zoo's layers so a zoo `.keras` loads in safe_mode
+        from export.artifacts import open_runner
+
+        self.runner = open_runner(path, device=device)
+        if len(self.runner.input_names) != 1 or len(self.runner.output_names) != 1:
+            raise ZooError(f"{path} has inputs {self.runner.input_names} and outputs {self.runner.output_names}; "
+                           f"an image model has one of each")
+        self.input_name, self.output_name = self.runner.input_names[0], self.runner.output_names[0]
+        self.detail = f"{self.runner.name}: {self.runner.detail}"
+
+    def __call__(self, images: list[np.ndarray], *, batch_size: int = 4) -> list[np.ndarray]:
+        """One output per H×W×C float32 image, in order."""
+        if batch_size < 1:
+            raise ZooError(f"batch size must be a positive integer, not {batch_size}")
+        by_size: dict[tuple, list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_size[image.shape].append(index)
+        outputs: list[np.ndarray | None] = [None] * len(images)
+        for shape, indices in by_size.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                batch = np.stack([images[i] for i in chunk]).astype(np.float32)
+                result = np.asarray(self.runner({self.input_name: batch})[self.output_name])
+                if result.shape[:3] != batch.shape[:3]:
+                    raise ZooError(f"the model turned a {shape[1]}×{shape[0]} image into {result.shape[2]}×"
+                                   f"{result.shape[1]}; an image model must keep the size")
+                for i, output in zip(chunk, result):
+                    outputs[i] = output
+        return outputs  # type: ignore[return-value]

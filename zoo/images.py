@@ -1,0 +1,125 @@
+"""Reading and writing single images for the image-to-image commands (stylize, style training, denoise).
+
+An image is given as a file path or as `skimage:NAME`, one of scikit-image's bundled photos (offline, real):
+`skimage:astronaut`, `skimage:coffee`, `skimage:brick`, … Every image comes back as float32 H×W×3 RGB in [0, 1]:
+grayscale is repeated to three channels, an alpha channel is composited over white, palette and 16-bit images are
+converted. Problems are ZooErrors naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import ZooError
+
+MIN_SIDE = 16
+# 4096×4096: a style transformer at that size needs several GiB of activations on the CPU already
+DEFAULT_MAX_PIXELS = 4096 * 4096
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "retina", "colorwheel", "brick", "grass", "gravel", "moon", "clock")
+
+
+def read_image(spec: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> np.ndarray:
+    """The image at `spec` (a path or `skimage:NAME`) as float32 H×W×3 in [0, 1]."""
+    text = str(spec)
+    if text.startswith("skimage:"):
+        array = _skimage_photo(text.partition(":")[2])
+    else:
+        array = _read_file(Path(text).expanduser(), max_pixels=max_pixels, what=what)
+    image = to_rgb(array)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ZooError(f"{what} {text} is {width}×{height} px; it must be at least {MIN_SIDE} px on each side")
+    if height * width > max_pixels:
+        raise ZooError(_too_large(text, width, height, max_pixels, what))
+    return image
+
+
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """float32 H×W×3 in [0, 1] from uint8/uint16/bool/float arrays that are H×W, H×W×1, ×2 (gray+alpha), ×3, ×4."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    else:
+        array = np.clip(array.astype(np.float32), 0.0, 1.0)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ZooError(f"an image must be H×W with 1–4 channels, not shape {array.shape}")
+    if array.shape[-1] in (2, 4):  # composite over white
+        alpha = array[..., -1:]
+        array = array[..., :-1] * alpha + (1.0 - alpha)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def save_image(image: np.ndarray, path: Path) -> Path:
+    """Write float [0, 1] H×W×3 as an 8-bit PNG (or the format the suffix names), atomically."""
+    from PIL import Image
+
+    from export.atomic import atomic_output
+
+    pixels = np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+    with atomic_output(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format=_format(path))
+    return path
+
+
+def _format(path: Path) -> str:
+    from PIL import Image
+
+    Image.init()
+    try:
+        return Image.EXTENSION[path.suffix.lower()]
+    except KeyError:
+        raise ZooError(f"cannot write {path}: unknown image format {path.suffix!r}; use .png or .jpg") from None
+
+
+def _read_file(path: Path, *, max_pixels: int, what: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if path.is_dir():
+        raise ZooError(f"{what} {path} is a folder; give an image file (PNG, JPEG, …)")
+    if not path.is_file():
+        raise ZooError(f"{what} {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ZooError(f"{what} {path} is not readable (permissions)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:  # checked from the header, before decoding
+                raise ZooError(_too_large(str(path), width, height, max_pixels, what))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            elif image.mode in ("I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(image, dtype=np.float32) / 65535.0
+            elif image.mode not in ("1", "L", "LA", "RGB", "RGBA"):
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except ZooError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ZooError(f"{what} {path} is not a readable image ({type(exc).__name__}); give a PNG or JPEG file") from None
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    if name not in SKIMAGE_PHOTOS:
+        raise ZooError(f"unknown bundled image skimage:{name}; use one of: {', '.join(SKIMAGE_PHOTOS)}")
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def _too_large(name: str, width: int, height: int, max_pixels: int, what: str) -> str:
+    return (f"{what} {name} is {width}×{height} ({width * height / 1e6:.1f} MP), above the limit of "
+            f"{max_pixels / 1e6:.1f} MP; downscale it or raise --max-pixels if the memory is there")

@@ -1,0 +1,125 @@
+"""Stylizing images: with a trained feed-forward network (any format), or by Gatys-style optimisation of pixels.
+
+`stylize_files` reads every image first (so a bad file fails before anything is written), runs the model, and
+writes OUT/<stem>.png per input, each file atomically. `optimize_image` starts from the content image and runs
+Adam on its pixels against the loss network's content and style losses (zoo/style/losses.py; VGG19 layers of
+Gatys et al. by default), clipping to [0, 1] after each step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ZooError
+from zoo.images import DEFAULT_MAX_PIXELS, read_image, save_image
+
+
+def stylize_files(model: Path | str, images: list[str], out: Path, *, device: str = "auto", batch_size: int = 4,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], str]:
+    """Stylize each image with `model`; returns (written paths, what ran)."""
+    from zoo.image_model import ImageModel
+
+    if not images:
+        raise ZooError("give at least one image after the model: zoo stylize MODEL IMAGE...")
+    targets = _output_paths(images, Path(out).expanduser())
+    pixels = [read_image(spec, max_pixels=max_pixels) for spec in images]
+    runner = ImageModel(model, device=device)
+    outputs = runner(pixels, batch_size=batch_size)
+    _make_dir(targets[0].parent)
+    return [save_image(image, path) for image, path in zip(outputs, targets)], runner.detail
+
+
+def optimize_image(
+    content: str,
+    style: str,
+    *,
+    steps: int = 300,
+    image_size: int = 256,
+    content_weight: float = 1.0,
+    style_weight: float = 10.0,
+    tv_weight: float = 1.0,
+    lr: float = 0.02,
+    loss_net: str = "vgg19",
+    vgg_weights: Path | str | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Gatys et al.: the image whose loss-network features match `content`'s and whose Gram matrices match
+    `style`'s. The content image is scaled so its longer side is `image_size`. Returns (image, record)."""
+    import keras
+    import tensorflow as tf
+
+    from zoo.style.losses import build_loss_network, content_loss, gram, style_loss, total_variation
+    from zoo.style.train import _resize_short_side
+
+    if steps < 1 or image_size < 16:
+        raise ZooError(f"steps must be >= 1 and image size >= 16, not {steps} and {image_size}")
+    started = time.perf_counter()
+    content_pixels = _fit_long_side(read_image(content, what="content image"), image_size)
+    style_pixels = _resize_short_side(read_image(style, what="style image"), min(content_pixels.shape[:2]))
+    keras.utils.set_random_seed(seed)
+    net = build_loss_network(loss_net, weights_path=vgg_weights, seed=seed)
+    content_features = net.features(tf.constant(content_pixels[None]))["content"]
+    style_grams = [gram(f) for f in net.features(tf.constant(style_pixels[None]))["style"]]
+    image = tf.Variable(content_pixels[None])
+    optimizer = keras.optimizers.Adam(lr)
+    weights = tf.constant([content_weight, style_weight, tv_weight], tf.float32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            features = net.features(image)
+            parts = tf.stack([
+                content_loss(features["content"], content_features)[0],
+                style_loss([gram(f) for f in features["style"]], style_grams)[0],
+                total_variation(image)[0],
+            ])
+            total = tf.reduce_sum(weights * parts)
+        optimizer.apply_gradients([(tape.gradient(total, image), image)])
+        image.assign(tf.clip_by_value(image, 0.0, 1.0))
+        return total, parts
+
+    names = ("total", "content", "style", "tv")
+    progress = keras.utils.Progbar(steps, stateful_metrics=names, verbose=1 if verbose else 0)
+    first = last = None
+    for index in range(1, steps + 1):
+        total, parts = step()
+        values = [float(total), *map(float, parts.numpy())]
+        first = first or values
+        last = values
+        progress.update(index, list(zip(names, values)))
+    record = {"loss_net": net.description, "loss_net_random": net.random, "steps": steps,
+              "size": list(content_pixels.shape[:2]), "first_losses": dict(zip(names, first)),
+              "final_losses": dict(zip(names, last)), "wall_time_s": round(time.perf_counter() - started, 2)}
+    return image.numpy()[0], record
+
+
+def _fit_long_side(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new = (max(16, round(width * scale)), max(16, round(height * scale)))
+    pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).resize(new, Image.LANCZOS)
+    return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
+def _output_paths(images: list[str], out: Path) -> list[Path]:
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} is a file; give a folder")
+    stems = [Path(spec.partition(":")[2] if spec.startswith("skimage:") else spec).stem for spec in images]
+    seen = {stem for stem in stems if stems.count(stem) > 1}
+    if seen:
+        raise ZooError(f"two inputs would both be written as {sorted(seen)[0]}.png; rename one or stylize them apart")
+    return [out / f"{stem}.png" for stem in stems]
+
+
+def _make_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ZooError(f"cannot create {folder}: {error.strerror or error}; choose another --out") from None
