@@ -54,3 +54,22 @@ def assert_parity(ref, out, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     for r, o in zip(refs, outs):
         result = compare(np.asarray(r), np.asarray(o), atol=atol, rtol=rtol)
         assert result["passed"], result
+
+
+def invoke(*args):
+    """Run the `zoo` CLI in-process (typer's CliRunner) with the arguments as strings."""
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    """Exit 1, one `error:` line naming the problem, and no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

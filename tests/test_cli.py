@@ -8,25 +8,8 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
 
-from zoo.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    """Exit 1, one `error:` line naming the problem, and no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.helpers import assert_user_error, invoke
 
 
 @pytest.fixture(scope="module")
