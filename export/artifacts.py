@@ -68,11 +68,13 @@ def open_runner(path: Path | str, *, device: str = "auto") -> Runner:
     raise ExportError(f"model {path} is not a .keras, .onnx or .tflite file or a SavedModel folder")
 
 
-def runners_for(export_dir: Path | str, *, device: str = "auto") -> tuple[Runner, list[Runner], list[str]]:
+def runners_for(export_dir: Path | str, *, device: str = "auto",
+                ort_disabled: tuple[str, ...] = ()) -> tuple[Runner, list[Runner], list[str]]:
     """(reference, candidates, notes) for every artifact in `export_dir`.
 
     device "auto": ORT on CPU, plus ORT on CUDA when it really runs (else a note says why not); "cpu": CPU only;
-    "cuda": CPU and CUDA, and an ExportError when CUDA cannot run. A candidate whose artifact fails to load
+    "cuda": CPU and CUDA, and an ExportError when CUDA cannot run. `ort_disabled` names ORT graph optimizers to
+    switch off (see OrtRunner). A candidate whose artifact fails to load
     becomes a runner that fails, so parity shows it as a FAIL row rather than stopping; the reference must load.
     """
     if device not in ("auto", "cpu", "cuda"):
@@ -88,10 +90,12 @@ def runners_for(export_dir: Path | str, *, device: str = "auto") -> tuple[Runner
     if SAVEDMODEL in found:
         makers["savedmodel"] = lambda: SavedModelRunner(found[SAVEDMODEL])
     if ONNX in found:
-        makers["ort-cpu"] = lambda: OrtRunner(found[ONNX], device="cpu", name="ort-cpu")
+        makers["ort-cpu"] = lambda: OrtRunner(found[ONNX], device="cpu", name="ort-cpu",
+                                              disabled_optimizers=ort_disabled)
         reason = "not requested (device=cpu)" if device == "cpu" else cuda_unavailable_reason()
         if reason is None:
-            makers["ort-cuda"] = lambda: OrtRunner(found[ONNX], device="cuda", name="ort-cuda")
+            makers["ort-cuda"] = lambda: OrtRunner(found[ONNX], device="cuda", name="ort-cuda",
+                                                   disabled_optimizers=ort_disabled)
         elif device == "cuda":
             raise ExportError(f"CUDA execution provider is not usable here: {reason}")
         else:

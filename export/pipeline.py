@@ -80,12 +80,13 @@ def is_export_dir(directory: Path) -> bool:
 
 
 def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1e-5, rtol: float = 1e-5,
-                 batches: tuple[int, ...] = (1, 7), seed: int = 0, sizes: list[tuple[int, int]] | None = None):
+                 batches: tuple[int, ...] = (1, 7), seed: int = 0, sizes: list[tuple[int, int]] | None = None,
+                 ort_disabled: tuple[str, ...] = ()):
     """Run every runtime found in an export directory against the original Keras model (see export/parity.py)."""
     from export.artifacts import runners_for
     from export.parity import run_parity, standard_input_sets
 
-    reference, candidates, notes = runners_for(Path(directory), device=device)
+    reference, candidates, notes = runners_for(Path(directory), device=device, ort_disabled=ort_disabled)
     input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed, sizes=sizes)
     return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes)
 

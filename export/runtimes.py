@@ -97,7 +97,10 @@ class OrtRunner:
     transposing the tensors the model's metadata lists, so parity compares like with like.
     """
 
-    def __init__(self, path: Path | str, *, device: str = "auto", name: str | None = None) -> None:
+    def __init__(self, path: Path | str, *, device: str = "auto", name: str | None = None,
+                 disabled_optimizers: tuple[str, ...] = ()) -> None:
+        """`disabled_optimizers`: ORT graph rewrites to switch off by name (e.g. "Pad_Fusion", which changes
+        ResNet50V2's outputs by ~5e-3 in ORT 1.31 — an ORT bug, not an export one)."""
         import onnxruntime as ort
 
         from export.onnx import onnx_layout
@@ -111,7 +114,8 @@ class OrtRunner:
         wants_cuda = device == "cuda" or (device == "auto" and cuda_available())
         providers = [CUDA, CPU] if wants_cuda else [CPU]
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+            self.session = ort.InferenceSession(str(path), providers=providers, **extra)
         except Exception as e:
             raise ExportError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from e
         in_use = self.session.get_providers()
@@ -122,7 +126,8 @@ class OrtRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
-        self.detail = f"onnxruntime {ort.__version__}, providers: {', '.join(in_use)}{layout}"
+        off = f", optimizers off: {', '.join(disabled_optimizers)}" if disabled_optimizers else ""
+        self.detail = f"onnxruntime {ort.__version__}, providers: {', '.join(in_use)}{layout}{off}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {

@@ -19,7 +19,9 @@ from export.runtimes import (
     cuda_unavailable_reason,
 )
 from export.savedmodel import export_savedmodel
+
 from export.tflite import export_tflite
+from tests.helpers import assert_parity
 
 INPUT = "pixel-values"  # not a Python identifier: SavedModel signatures rename the keyword to pixel_values
 
@@ -131,3 +133,22 @@ def test_keras_runner_takes_dict_inputs_by_key():
     feeds = make_inputs(runner.signature.inputs, batch=2, seed=0)
     expected = model({"first": feeds["first"], "second": feeds["second"]})["sum"]
     np.testing.assert_array_equal(runner(feeds)["sum"], keras.ops.convert_to_numpy(expected))
+
+
+def test_ort_optimizers_can_be_switched_off_by_name(export_dir):
+    reference = KerasRunner(export_dir / ORIGINAL)
+    runner = OrtRunner(export_dir / ONNX, device="cpu", disabled_optimizers=("Pad_Fusion", "ConvAddFusion"))
+    assert "optimizers off: Pad_Fusion, ConvAddFusion" in runner.detail
+    feeds = {INPUT: np.random.default_rng(0).random((2, 6, 6, 2), dtype=np.float32)}
+    assert_parity(list(reference(feeds).values()), list(runner(feeds).values()))
+
+
+def test_open_runner_picks_the_runtime_from_the_file(export_dir):
+    from export.artifacts import open_runner
+
+    assert open_runner(export_dir / ONNX, device="cpu").name == "ort-cpu"
+    assert open_runner(export_dir / ORIGINAL).name == "keras"
+    assert open_runner(export_dir / "saved_model").name == "savedmodel"
+    assert open_runner(export_dir).name == "keras"
+    with pytest.raises(ExportError, match="does not exist"):
+        open_runner(export_dir / "nothing.onnx")

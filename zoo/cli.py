@@ -270,6 +270,7 @@ def parity_command(
     device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works.")] = Device.auto,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
+    ort_disable: Annotated[Optional[list[str]], typer.Option(help="Switch off an ONNX Runtime graph optimizer by name (repeatable), e.g. Pad_Fusion, to tell an ORT rewrite's error from an export's.")] = None,
 ) -> None:
     """Compare every runtime's outputs with the original Keras model; exit 1 on any failure."""
     with user_errors():
@@ -280,7 +281,8 @@ def parity_command(
         from zoo.runs import resolve_export_dir
 
         with resolve_export_dir(src) as directory:
-            _print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes)
+            _print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes,
+                          ort_disabled=tuple(ort_disable or ()))
 
 
 def _parse_sizes(values: list[str] | None) -> list[tuple[int, int]] | None:
@@ -298,10 +300,10 @@ def _parse_sizes(values: list[str] | None) -> list[tuple[int, int]] | None:
 
 
 def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None,
-                  sizes: list[tuple[int, int]] | None = None) -> None:
+                  sizes: list[tuple[int, int]] | None = None, ort_disabled: tuple[str, ...] = ()) -> None:
     from export.pipeline import check_parity
 
-    report = check_parity(directory, device=device, atol=atol, rtol=rtol, sizes=sizes)
+    report = check_parity(directory, device=device, atol=atol, rtol=rtol, sizes=sizes, ort_disabled=ort_disabled)
     typer.echo(report.table())
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
