@@ -31,7 +31,22 @@ def test_transformer_keeps_any_size_and_range(norm):
         assert 0.0 <= y.min() and y.max() <= 1.0
     kinds = {type(layer).__name__ for layer in model.layers}
     assert ("BatchNormalization" in kinds) == (norm == "batch")
-    assert ("GroupNormalization" in kinds) == (norm == "instance")
+    assert ("InstanceNormalization" in kinds) == (norm == "instance")
+
+
+def test_instance_normalization_matches_numpy():
+    from zoo.layers import InstanceNormalization
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2, 9, 13, 4)) * 3 + 5).astype(np.float32)
+    layer = InstanceNormalization(epsilon=1e-3)
+    layer.build(x.shape)
+    gamma, beta = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    layer.set_weights([gamma, beta])
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(1, 2), keepdims=True), x64.var(axis=(1, 2), keepdims=True)
+    expected = (x64 - mean) / np.sqrt(var + 1e-3) * gamma + beta
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=2e-5)
 
 
 def test_transformer_rejects_bad_options():

@@ -211,11 +211,11 @@ def stylize(
         if not content or not style:
             raise ZooError("--method optimize needs --content IMAGE and --style IMAGE")
         from zoo.images import save_image
-        from zoo.style.stylize import _make_dir, optimize_image
+        from zoo.style.stylize import ensure_dir, optimize_image
 
         image, record = optimize_image(content, style, steps=steps, image_size=image_size, style_weight=style_weight,
                                        loss_net=loss_net.value, vgg_weights=vgg_weights)
-        _make_dir(out)
+        ensure_dir(out)
         stem = Path(content.partition(":")[2] if content.startswith("skimage:") else content).stem
         path = save_image(image, out / f"{stem}_optimized.png")
         first, last = record["first_losses"], record["final_losses"]

@@ -72,6 +72,35 @@ def save_image(image: np.ndarray, path: Path) -> Path:
     return path
 
 
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resize of a float [0, 1] image (through 8 bits, as the images came)."""
+    from PIL import Image
+
+    pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))
+    return np.asarray(pixels.resize((width, height), Image.LANCZOS), dtype=np.float32) / 255.0
+
+
+def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the shorter side is `size`."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    return resize(image, max(size, round(width * scale)), max(size, round(height * scale)))
+
+
+def fit_long_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the longer side is `size` (the shorter one at least MIN_SIDE)."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    return resize(image, max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central size×size square after scaling the shorter side to `size`."""
+    image = resize_short_side(image, size)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top:top + size, left:left + size]
+
+
 def _format(path: Path) -> str:
     from PIL import Image
 

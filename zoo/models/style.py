@@ -4,7 +4,7 @@ image [0, 1] RGB → pad H, W to multiples of 4 (mirror) → c9s1-32 → d64 →
 nearest ×2 upsample + conv 64 → nearest ×2 upsample + conv 32 (upsample-then-conv, no checkerboard) → c9s1-3 →
 sigmoid → crop back to the input's H×W. Output: RGB in [0, 1], the input's size, for any H×W (not only multiples
 of 4). Every conv is mirror-padded ('reflect') and has a bias, as in pytorch/examples; `norm="batch"` puts a BN
-after every conv but the last (all of them fold on export), `norm="instance"` an instance norm (which stays).
+after every conv but the last (all of them fold on export), `norm="instance"` zoo's InstanceNormalization (which stays).
 """
 
 from __future__ import annotations

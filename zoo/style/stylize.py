@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.images import DEFAULT_MAX_PIXELS, read_image, save_image
+from zoo.images import DEFAULT_MAX_PIXELS, fit_long_side, read_image, resize_short_side, save_image
 
 
 def stylize_files(model: Path | str, images: list[str], out: Path, *, device: str = "auto", batch_size: int = 4,
@@ -29,7 +29,7 @@ def stylize_files(model: Path | str, images: list[str], out: Path, *, device: st
     pixels = [read_image(spec, max_pixels=max_pixels) for spec in images]
     runner = ImageModel(model, device=device)
     outputs = runner(pixels, batch_size=batch_size)
-    _make_dir(targets[0].parent)
+    ensure_dir(targets[0].parent)
     return [save_image(image, path) for image, path in zip(outputs, targets)], runner.detail
 
 
@@ -54,13 +54,12 @@ def optimize_image(
     import tensorflow as tf
 
     from zoo.style.losses import build_loss_network, content_loss, gram, style_loss, total_variation
-    from zoo.style.train import _resize_short_side
 
     if steps < 1 or image_size < 16:
         raise ZooError(f"steps must be >= 1 and image size >= 16, not {steps} and {image_size}")
     started = time.perf_counter()
-    content_pixels = _fit_long_side(read_image(content, what="content image"), image_size)
-    style_pixels = _resize_short_side(read_image(style, what="style image"), min(content_pixels.shape[:2]))
+    content_pixels = fit_long_side(read_image(content, what="content image"), image_size)
+    style_pixels = resize_short_side(read_image(style, what="style image"), min(content_pixels.shape[:2]))
     keras.utils.set_random_seed(seed)
     net = build_loss_network(loss_net, weights_path=vgg_weights, seed=seed)
     content_features = net.features(tf.constant(content_pixels[None]))["content"]
@@ -98,16 +97,6 @@ def optimize_image(
     return image.numpy()[0], record
 
 
-def _fit_long_side(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    new = (max(16, round(width * scale)), max(16, round(height * scale)))
-    pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).resize(new, Image.LANCZOS)
-    return np.asarray(pixels, dtype=np.float32) / 255.0
-
-
 def _output_paths(images: list[str], out: Path) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} is a file; give a folder")
@@ -118,7 +107,7 @@ def _output_paths(images: list[str], out: Path) -> list[Path]:
     return [out / f"{stem}.png" for stem in stems]
 
 
-def _make_dir(folder: Path) -> None:
+def ensure_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -27,7 +27,7 @@ import numpy as np
 import zoo
 from zoo.data.folder import IMAGE_SUFFIXES
 from zoo.errors import ZooError
-from zoo.images import read_image
+from zoo.images import center_crop, read_image, resize_short_side
 from zoo.train import check_positive, publish, staging_dir
 
 TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "hubble_deep_field", "immunohistochemistry", "retina", "clock")
@@ -70,7 +70,7 @@ def train_style(
         raise ZooError(f"image_size must be at least 16, not {image_size}")
     style_image = read_image(style, what="style image")
     train_specs, eval_specs = _content_specs(content)
-    eval_images = [_center_crop(read_image(spec, what="content image"), image_size) for spec in eval_specs]
+    eval_images = [center_crop(read_image(spec, what="content image"), image_size) for spec in eval_specs]
 
     import keras
     import tensorflow as tf
@@ -84,7 +84,7 @@ def train_style(
         keras.utils.set_random_seed(seed)
         net = build_loss_network(loss_net, weights_path=vgg_weights, seed=seed)
         model = create_model("style_transformer", norm=norm, width=width)
-        style_target = _resize_short_side(style_image, image_size)[None]
+        style_target = resize_short_side(style_image, image_size)[None]
         style_grams = [gram(f) for f in net.features(tf.constant(style_target))["style"]]
         dataset = _content_pipeline(train_specs, image_size, batch_size, seed)
         optimizer = keras.optimizers.Adam(lr)
@@ -206,22 +206,6 @@ def _content_pipeline(specs: list[str], size: int, batch_size: int, seed: int):
         return tf.clip_by_value(tf.image.random_flip_left_right(image, seed=seed), 0.0, 1.0)
 
     return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
-
-
-def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new = (max(size, round(width * scale)), max(size, round(height * scale)))
-    pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).resize(new, Image.LANCZOS)
-    return np.asarray(pixels, dtype=np.float32) / 255.0
-
-
-def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    image = _resize_short_side(image, size)
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[top:top + size, left:left + size]
 
 
 def _write_losses(rows: list[tuple], names: tuple[str, ...], path: Path) -> None:
