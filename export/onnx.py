@@ -9,7 +9,10 @@ model. What this module adds on top of tf2onnx:
   trailing Transposes; the metadata records which tensors were transposed so a runner can feed NHWC data;
 - metadata_props from the caller plus the input layout;
 - an unsupported TensorFlow op is an ExportError naming the op and its layer (tf2onnx only logs it and writes an
-  invalid graph), and the result must pass `onnx.checker`.
+  invalid graph), and the result must pass `onnx.checker`;
+- models whose weights approach protobuf's 2 GiB limit are converted with tf2onnx's large-model mode and saved
+  with ONNX external data: `model.onnx` holds the graph, `model.onnx.data` (next to it) the weights, which is the
+  layout ONNX Runtime loads directly (tf2onnx's own large-model output is a zip that ORT cannot open).
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ NHWC_TO_NCHW = (0, 3, 1, 2)
 LAYOUT_KEY = "input_layout"
 NCHW_INPUTS_KEY = "nchw_inputs"
 NCHW_OUTPUTS_KEY = "nchw_outputs"
+# above this many bytes of weights the model is written with external data (protobuf refuses messages > 2 GiB,
+# and the graph itself needs room too)
+LARGE_MODEL_BYTES = 1536 * 2**20
+EXTERNAL_DATA_SUFFIX = ".data"
 
 
 def export_onnx(
@@ -40,8 +47,14 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     nchw: bool = False,
     metadata: dict[str, str] | None = None,
+    external_data: bool | None = None,
 ) -> Path:
-    """Write `model` as ONNX at `path` (atomic) with a dynamic batch dimension and the model's tensor names."""
+    """Write `model` as ONNX at `path` (atomic) with a dynamic batch dimension and the model's tensor names.
+
+    `external_data`: weights in `<path>.data` beside the graph; None (default) chooses it when the weights exceed
+    LARGE_MODEL_BYTES. The data file is written before the graph file, so a failure never leaves a graph that
+    points at missing weights.
+    """
     import onnx
 
     if opset < MIN_OPSET:
@@ -53,20 +66,46 @@ def export_onnx(
     if nchw and not nchw_inputs:
         raise ExportError("--nchw needs a 4-D image input (N,H,W,C); this model has none: export without --nchw")
 
-    proto = _convert(model, signature, opset, nchw_inputs, nchw_outputs)
+    if external_data is None:
+        external_data = _weight_bytes(model) > LARGE_MODEL_BYTES
+    proto = _convert(model, signature, opset, nchw_inputs, nchw_outputs, large=external_data)
     _name_outputs(proto.graph, signature)
     _name_dynamic_dims(proto.graph, signature, set(nchw_inputs) | set(nchw_outputs))
     layout = {LAYOUT_KEY: "NCHW" if nchw else "NHWC"}
     if nchw:
         layout |= {NCHW_INPUTS_KEY: json.dumps(nchw_inputs), NCHW_OUTPUTS_KEY: json.dumps(nchw_outputs)}
     onnx.helper.set_model_props(proto, {**(metadata or {}), **layout})
+    if not external_data:
+        _check(proto)
+        with atomic_output(path) as tmp:
+            onnx.save(proto, str(tmp))
+        return path
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
     try:
-        onnx.checker.check_model(proto)
+        with atomic_output(path) as tmp:
+            # onnx writes the weights to `location` relative to the graph file's folder, i.e. the final folder
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
+            _check(str(tmp))  # by path: the checker cannot take a > 2 GiB message in memory
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check(model: Any) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the converted ONNX model is invalid: {first_line(e)}") from e
-    with atomic_output(path) as tmp:
-        onnx.save(proto, str(tmp))
-    return path
+
+
+def _weight_bytes(model: Any) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
 
 
 def onnx_layout(metadata: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -89,24 +128,34 @@ class _UnsupportedOps(logging.Handler):
             self.found.append((match["node"], match["op"]))
 
 
-def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str], nchw_outputs: list[str]):
+def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str], nchw_outputs: list[str],
+             *, large: bool = False):
     import tf2onnx
+
+    import numpy as np
 
     unsupported = _UnsupportedOps()
     logger = logging.getLogger("tf2onnx")
     logger.addHandler(unsupported)
+    # tf2onnx 1.17's large-model path (graph.py) still calls np.product, which NumPy 2 removed
+    shimmed = large and not hasattr(np, "product")
+    if shimmed:
+        np.product = np.prod
     try:
-        proto, _ = tf2onnx.convert.from_function(
+        proto, storage = tf2onnx.convert.from_function(
             serving_function(model, signature),
             input_signature=tensor_specs(signature),
             opset=opset,
             inputs_as_nchw=nchw_inputs or None,
             outputs_as_nchw=nchw_outputs or None,
+            large_model=large,
         )
     except Exception as e:
         raise ExportError(f"ONNX conversion failed: {first_line(e)}") from e
     finally:
         logger.removeHandler(unsupported)
+        if shimmed:
+            del np.product
     if unsupported.found:
         node, op = unsupported.found[0]
         where = layer_of_op(node, model)
@@ -114,7 +163,29 @@ def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: lis
             f"ONNX conversion failed: TensorFlow op {op}{f' in layer {where!r}' if where else ''} is not supported "
             f"by tf2onnx at opset {opset}; try a newer --opset or replace that layer"
         )
+    if large:
+        _inline_external_tensors(proto, storage)
     return proto
+
+
+def _inline_external_tensors(proto: Any, storage: Any) -> None:
+    """Put tf2onnx's large-model tensors back as raw_data, for onnx.save_model to write as one external file."""
+    from onnx import TensorProto
+
+    def tensors():
+        yield from proto.graph.initializer
+        for node in proto.graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+
+    for tensor in tensors():
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next(entry.value for entry in tensor.external_data if entry.key == "location")
+        tensor.raw_data = storage.name_to_tensor_data[location]
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
 
 
 def _name_outputs(graph: Any, signature: ModelSignature) -> None:

@@ -7,6 +7,7 @@ The export directory is written atomically as a whole (complete, or the previous
     fold_report.json     what was folded and what was kept, with reasons (--fold-bn)
     saved_model/         SavedModel with a `serving_default` signature
     model.onnx           ONNX, dynamic batch (and H×W for fully convolutional models)
+    model.onnx.data      the ONNX weights, for models too large for one protobuf (> 1.5 GiB of weights)
     model.tflite         TFLite
 """
 
@@ -41,8 +42,11 @@ def export_model(
     opset: int = 17,
     nchw: bool = False,
     metadata: dict[str, str] | None = None,
+    onnx_external_data: bool | None = None,
 ) -> ExportResult:
-    """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically)."""
+    """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically).
+
+    `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB)."""
     from export.onnx import export_onnx
     from export.savedmodel import export_savedmodel
     from export.tflite import export_tflite
@@ -64,7 +68,7 @@ def export_model(
         if savedmodel or tflite:
             export_savedmodel(target, tmp / SAVEDMODEL)
         if onnx:
-            export_onnx(target, tmp / ONNX, opset=opset, nchw=nchw, metadata=meta)
+            export_onnx(target, tmp / ONNX, opset=opset, nchw=nchw, metadata=meta, external_data=onnx_external_data)
         if tflite:
             export_tflite(target, tmp / TFLITE, saved_model=tmp / SAVEDMODEL)
         if not savedmodel:

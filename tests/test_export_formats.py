@@ -17,6 +17,7 @@ from export.runtimes import KerasRunner, OrtRunner
 from export.savedmodel import export_savedmodel
 from export.signature import describe
 from export.tflite import export_tflite
+from tests.helpers import assert_parity
 
 
 def randomize(model, seed=0):
@@ -281,3 +282,34 @@ def test_folded_model_is_a_candidate_when_present(tmp_path):
     reference, candidates, _ = runners_for(tmp_path)
     assert reference.name == "keras"
     assert [runner.name for runner in candidates] == ["keras-folded"]
+
+
+def _external_data_parity(model, directory):
+    reference = KerasRunner(model)
+    runner = OrtRunner(directory / ONNX, device="cpu")
+    feeds = make_inputs(reference.signature.inputs, batch=3, seed=0)
+    want, got = reference(feeds), runner(feeds)
+    for name in want:
+        assert_parity(want[name], got[name])
+
+
+def test_onnx_with_external_data_loads_and_matches(tmp_path):
+    model = conv_bn_classifier()
+    randomize(model)
+    export_onnx(model, tmp_path / ONNX, external_data=True, metadata={"source_model": "test"})
+    data = tmp_path / (ONNX + ".data")
+    assert data.is_file() and data.stat().st_size > (tmp_path / ONNX).stat().st_size
+    proto = onnx.load(str(tmp_path / ONNX), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert {p.key: p.value for p in proto.metadata_props}["source_model"] == "test"
+    _external_data_parity(model, tmp_path)
+
+
+def test_large_models_switch_to_external_data_by_themselves(tmp_path, monkeypatch):
+    import export.onnx
+
+    model = conv_bn_classifier()
+    monkeypatch.setattr(export.onnx, "LARGE_MODEL_BYTES", 1000)  # this model's weights are bigger than that
+    export_onnx(model, tmp_path / ONNX)
+    assert (tmp_path / (ONNX + ".data")).is_file()
+    _external_data_parity(model, tmp_path)
