@@ -10,6 +10,9 @@ model. What this module adds on top of tf2onnx:
 - metadata_props from the caller plus the input layout;
 - an unsupported TensorFlow op is an ExportError naming the op and its layer (tf2onnx only logs it and writes an
   invalid graph), and the result must pass `onnx.checker`;
+- constants the traced function captures (not variables: e.g. keras.layers.Normalization's mean and variance in
+  EfficientNet's stem) become initializers; tf2onnx (and Keras' own model.export) leave them as extra graph
+  inputs, which no runtime fed the model's inputs can run;
 - models whose weights approach protobuf's 2 GiB limit are converted with tf2onnx's large-model mode and saved
   with ONNX external data: `model.onnx` holds the graph, `model.onnx.data` (next to it) the weights, which is the
   layout ONNX Runtime loads directly (tf2onnx's own large-model output is a zip that ORT cannot open).
@@ -68,7 +71,9 @@ def export_onnx(
 
     if external_data is None:
         external_data = _weight_bytes(model) > LARGE_MODEL_BYTES
-    proto = _convert(model, signature, opset, nchw_inputs, nchw_outputs, large=external_data)
+    function = serving_function(model, signature)
+    proto = _convert(model, function, signature, opset, nchw_inputs, nchw_outputs, large=external_data)
+    _bake_captured_constants(proto, function, signature)
     _name_outputs(proto.graph, signature)
     _name_dynamic_dims(proto.graph, signature, set(nchw_inputs) | set(nchw_outputs))
     layout = {LAYOUT_KEY: "NCHW" if nchw else "NHWC"}
@@ -128,8 +133,8 @@ class _UnsupportedOps(logging.Handler):
             self.found.append((match["node"], match["op"]))
 
 
-def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str], nchw_outputs: list[str],
-             *, large: bool = False):
+def _convert(model: Any, function: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str],
+             nchw_outputs: list[str], *, large: bool = False):
     import tf2onnx
 
     import numpy as np
@@ -143,7 +148,7 @@ def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: lis
         np.product = np.prod
     try:
         proto, storage = tf2onnx.convert.from_function(
-            serving_function(model, signature),
+            function,
             input_signature=tensor_specs(signature),
             opset=opset,
             inputs_as_nchw=nchw_inputs or None,
@@ -166,6 +171,27 @@ def _convert(model: Any, signature: ModelSignature, opset: int, nchw_inputs: lis
     if large:
         _inline_external_tensors(proto, storage)
     return proto
+
+
+def _bake_captured_constants(proto: Any, function: Any, signature: ModelSignature) -> None:
+    """Graph inputs that are not model inputs but captured constants of `function` become initializers."""
+    import numpy as np
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    expected = {t.name for t in signature.inputs}
+    extra = [i for i in proto.graph.input if i.name not in expected]
+    if not extra:
+        return
+    concrete = function.get_concrete_function()  # the trace tf2onnx converted (input_signature is fixed)
+    constants = {internal.name: np.asarray(external) for external, internal in concrete.graph.captures
+                 if external.dtype != tf.resource}
+    unknown = [i.name for i in extra if i.name not in constants]
+    if unknown:
+        raise ExportError(f"ONNX conversion left graph inputs {unknown} that are neither model inputs nor constants")
+    for graph_input in extra:
+        proto.graph.input.remove(graph_input)
+        proto.graph.initializer.append(numpy_helper.from_array(constants[graph_input.name], graph_input.name))
 
 
 def _inline_external_tensors(proto: Any, storage: Any) -> None:

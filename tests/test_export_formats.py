@@ -313,3 +313,16 @@ def test_large_models_switch_to_external_data_by_themselves(tmp_path, monkeypatc
     export_onnx(model, tmp_path / ONNX)
     assert (tmp_path / (ONNX + ".data")).is_file()
     _external_data_parity(model, tmp_path)
+
+
+def test_captured_constants_become_initializers_not_inputs(tmp_path):
+    """keras.layers.Normalization keeps mean/variance as plain tensors (EfficientNet's stem); tf2onnx makes such
+    captures extra graph inputs unless the export bakes them in."""
+    x = inputs = keras.Input((6, 6, 3), name="image")
+    x = keras.layers.Normalization(mean=[0.2, 0.4, 0.6], variance=[0.1, 0.2, 0.3], name="norm")(x)
+    x = keras.layers.Conv2D(2, 3, name="conv", bias_initializer="random_normal")(x)
+    model = keras.Model(inputs, x)
+    export_onnx(model, tmp_path / ONNX)
+    proto = onnx.load(str(tmp_path / ONNX))
+    assert [i.name for i in proto.graph.input] == ["image"]
+    _external_data_parity(model, tmp_path)

@@ -167,6 +167,39 @@ def train(
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")
 
 
+@app.command("recalibrate-bn")
+def recalibrate_bn_command(
+    model: Annotated[Path, typer.Argument(help="A .keras model or a run directory (its model.keras).")],
+    dataset: Annotated[str, typer.Option(help="Target-domain images, e.g. digits+invert (labels are not used).")],
+    batches: Annotated[int, typer.Option(help="Batches of training images to average the statistics over.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    out: Annotated[Optional[Path], typer.Option(help="Output .keras (default: MODEL_adabn.keras beside the model).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the dataset split and the batch order.")] = 0,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Score a matching classifier on the dataset's test split before and after.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """AdaBN: re-estimate every BN layer's moving mean and variance on target-domain images; nothing else changes."""
+    with user_errors():
+        _quiet_tensorflow()
+        from zoo.adabn import recalibrate_file
+        from zoo.runs import resolve_source
+
+        source = resolve_source(model)
+        out = out or source.keras_path.with_name(f"{source.keras_path.stem}_adabn.keras")
+        report = recalibrate_file(source.keras_path, dataset=dataset, out=out, batches=batches,
+                                  batch_size=batch_size, seed=seed, evaluate=evaluate)
+        typer.echo(f"recalibrated {len(report['layers'])} BN layers on {report['images']} images of {report['dataset']}")
+        typer.echo("layer  channels  mean shift (old std units)  variance ratio new/old")
+        for row in report["layers"]:
+            typer.echo(f"{row['layer']}  {row['channels']}  {row['mean_shift']:.3f}  {row['var_ratio']:.3f}")
+        if report["test_accuracy_before"] is not None:
+            typer.echo(f"test accuracy on {report['dataset']}: {report['test_accuracy_before']:.4f} before, "
+                       f"{report['test_accuracy_after']:.4f} after")
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {out}")
+
+
 class Method(str, enum.Enum):
     network = "network"
     optimize = "optimize"

@@ -38,11 +38,18 @@ KERAS_DATASETS = {
     ),
     "cifar100": KerasDataset([str(i) for i in range(100)], 30, mirror_invariant=True),
 }
-DATASET_SPECS = ("digits", *KERAS_DATASETS, "npz:PATH", "folder:PATH")
+DATASET_SPECS = ("digits", *KERAS_DATASETS, "npz:PATH", "folder:PATH", "SPEC+invert|noise|brightness|contrast")
 
 
 def load_dataset(spec: str = "digits", *, seed: int = 0) -> ImageDataset:
-    """Load a dataset by spec (see DATASET_SPECS); `seed` fixes every train/val/test split it has to make."""
+    """Load a dataset by spec (see DATASET_SPECS); `seed` fixes every train/val/test split it has to make.
+
+    `SPEC+SHIFT` (e.g. `digits+invert`) applies a domain shift from zoo/data/shifts.py to every split."""
+    base, plus, shift = spec.rpartition("+")
+    if plus and base and ":" not in shift:
+        from zoo.data.shifts import apply_shift
+
+        return apply_shift(load_dataset(base, seed=seed), shift, seed=seed)
     kind, _, path = spec.partition(":")
     if kind == "npz" and path:
         return load_npz(path, seed=seed)
