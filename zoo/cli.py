@@ -118,8 +118,12 @@ def train(
     tv_weight: Annotated[Optional[float], typer.Option(help="Style: weight of the total-variation loss (default 1).")] = None,
     loss_net: Annotated[LossNet, typer.Option(help="Style: loss network; vgg16/vgg19 need ImageNet weights (Keras cache or --vgg-weights), random runs offline but is not a perceptual loss.")] = LossNet.vgg16,
     vgg_weights: Annotated[Optional[Path], typer.Option(help="Style: the no-top ImageNet weights .h5 for --loss-net vgg16/vgg19.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="dncnn: Gaussian noise σ in 8-bit units (default 25).")] = None,
+    patch: Annotated[Optional[int], typer.Option(help="dncnn: training patch size (default 40).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="dncnn: a folder of clean training images (default: scikit-image's bundled photos).")] = None,
 ) -> None:
-    """Train a zoo model: classifiers on a dataset, `style` on content photos and a style image.
+    """Train a zoo model: classifiers on a dataset, `style` on content photos and a style image, `dncnn` on
+    noisy patches.
 
     Classifiers write model.keras, history.csv, metrics.json and curves.png; style runs write model.keras,
     losses.csv, losses.png, grid.png and metrics.json.
@@ -130,8 +134,29 @@ def train(
 
         style_options = {"--style": style, "--content": content, "--steps": steps, "--style-weight": style_weight,
                          "--content-weight": content_weight, "--tv-weight": tv_weight, "--vgg-weights": vgg_weights}
+        denoise_options = {"--sigma": sigma, "--patch": patch, "--images": images}
+        if model == "dncnn":
+            others = {"--dataset": dataset, "--epochs": epochs, "--image-size": image_size, **style_options}
+            given = [name for name, value in others.items() if value is not None and name != "--steps"]
+            if given:
+                raise ZooError(f"{', '.join(given)} is not an option of `zoo train dncnn`")
+            from zoo.denoise.train import DEFAULTS as DENOISE_DEFAULTS
+            from zoo.denoise.train import train_dncnn
+
+            chosen = {"steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr}
+            settings = {k: DENOISE_DEFAULTS[k] if v is None else v for k, v in chosen.items()}
+            out = out or Path("runs") / "dncnn"
+            metrics = train_dncnn(out=out, sigma=25.0 if sigma is None else sigma, images=images, seed=seed,
+                                  **settings)
+            psnr = metrics["held_out_psnr"]
+            typer.echo(f"held-out PSNR at sigma {metrics['sigma']:g}: noisy {psnr['noisy']:.2f} dB, DnCNN "
+                       f"{psnr['dncnn']:.2f} dB after {metrics['steps']} steps in {metrics['wall_time_s']:.1f} s")
+            typer.echo(f"wrote {out}/model.keras, history.csv, curves.png, metrics.json")
+            return
+        style_options.update(denoise_options)
         if model in STYLE_MODELS:
-            given = [name for name, value in (("--dataset", dataset), ("--epochs", epochs)) if value is not None]
+            given = [name for name, value in (("--dataset", dataset), ("--epochs", epochs), *denoise_options.items())
+                     if value is not None]
             if given:
                 raise ZooError(f"{', '.join(given)} is for classifiers; the style network trains on --content images")
             if style is None:
@@ -198,6 +223,50 @@ def recalibrate_bn_command(
         if json_path is not None:
             json_path.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {out}")
+
+
+@app.command()
+def denoise(
+    paths: Annotated[list[str], typer.Argument(help="MODEL IMAGE...: a denoiser (.keras, SavedModel folder, .onnx, .tflite, or a run/export folder), then images (files or skimage:NAME).")],
+    out: Annotated[Path, typer.Option(help="Output folder; each image is written as OUT/<name>.png.")] = Path("denoised"),
+    sigma: Annotated[Optional[float], typer.Option(help="Add Gaussian noise of this σ (8-bit units) first, seeded, and write OUT/<name>_noisy.png too.")] = None,
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device for .onnx models.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Seed of the added noise.")] = 0,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this many pixels (memory).")] = 4096 * 4096,
+) -> None:
+    """Denoise images of any size with a trained denoiser in any format; gray models see the luma of colour images."""
+    with user_errors():
+        _quiet_tensorflow()
+        from zoo.denoise.evaluate import denoise_files
+        from zoo.errors import ZooError
+
+        if len(paths) < 2:
+            raise ZooError("give a model and at least one image: zoo denoise MODEL IMAGE... --out DIR")
+        written, detail = denoise_files(paths[0], paths[1:], out, sigma=sigma, device=device.value, seed=seed,
+                                        max_pixels=max_pixels)
+        typer.echo(f"ran {detail}")
+        for path in written:
+            typer.echo(f"wrote {path}")
+
+
+@app.command("eval-denoise")
+def eval_denoise(
+    model: Annotated[Path, typer.Argument(help="A denoiser: .keras, SavedModel folder, .onnx, .tflite, or a run/export folder.")],
+    sigma: Annotated[Optional[list[float]], typer.Option(help="Noise σ in 8-bit units (repeatable; default 15, 25, 50).")] = None,
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device for .onnx models.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Seed of the noise (the same noisy images for every method).")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """PSNR and SSIM on held-out images: noisy input, the model, NL-means and TV-Chambolle (scikit-image)."""
+    with user_errors():
+        _quiet_tensorflow()
+        from zoo.denoise.evaluate import SIGMAS, evaluate_denoising, table
+
+        report = evaluate_denoising(model, sigmas=tuple(sigma or SIGMAS), device=device.value, seed=seed)
+        typer.echo(f"held-out images: {', '.join(report['images'])}; model ran on {report['runtime']}")
+        typer.echo(table(report))
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2))
 
 
 class Method(str, enum.Enum):

@@ -93,7 +93,7 @@ def train(
         ).history
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
         model.save(staging / "model.keras")
-        _plot_curves(history, staging / "curves.png")
+        plot_curves(history, staging / "curves.png")
         metrics = {
             "model": model_name,
             "dataset": dataset,
@@ -166,16 +166,17 @@ def publish(staging: Path, out: Path, files: tuple[str, ...]) -> None:
         (staging / name).replace(out / name)
 
 
-def _plot_curves(history: dict[str, list[float]], path: Path) -> None:
+def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:
     """Loss and accuracy per epoch, train and val, side by side. Uses the Agg canvas directly (no pyplot
     state, no display needed)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
     epochs = range(1, len(history["loss"]) + 1)
-    for axis, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+    for axis, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
         axis.plot(epochs, history[metric], marker="o", label="train")
-        axis.plot(epochs, history[f"val_{metric}"], marker="o", label="val")
+        if f"val_{metric}" in history:
+            axis.plot(epochs, history[f"val_{metric}"], marker="o", label="val")
         axis.set(xlabel="epoch", ylabel=metric, title=metric)
         axis.grid(alpha=0.3)
         axis.legend()

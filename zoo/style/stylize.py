@@ -25,7 +25,7 @@ def stylize_files(model: Path | str, images: list[str], out: Path, *, device: st
 
     if not images:
         raise ZooError("give at least one image after the model: zoo stylize MODEL IMAGE...")
-    targets = _output_paths(images, Path(out).expanduser())
+    targets = output_paths(images, Path(out).expanduser())
     pixels = [read_image(spec, max_pixels=max_pixels) for spec in images]
     runner = ImageModel(model, device=device)
     outputs = runner(pixels, batch_size=batch_size)
@@ -97,7 +97,7 @@ def optimize_image(
     return image.numpy()[0], record
 
 
-def _output_paths(images: list[str], out: Path) -> list[Path]:
+def output_paths(images: list[str], out: Path) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} is a file; give a folder")
     stems = [Path(spec.partition(":")[2] if spec.startswith("skimage:") else spec).stem for spec in images]
