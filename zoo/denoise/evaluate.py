@@ -77,7 +77,8 @@ def evaluate_denoising(model, *, sigmas=SIGMAS, device: str = "auto", seed: int 
             noisy = add_noise(clean, sigma, seed + index)
             for name, method in methods.items():
                 started = time.perf_counter()
-                result = np.clip(np.asarray(method(noisy, sigma), dtype=np.float32), 0.0, 1.0)
+                result = np.asarray(method(noisy, sigma), dtype=np.float32).reshape(clean.shape)  # nl_means drops a
+                result = np.clip(result, 0.0, 1.0)  # single channel axis
                 scores[name]["seconds"].append(time.perf_counter() - started)
                 scores[name]["psnr"].append(peak_signal_noise_ratio(clean, result, data_range=1.0))
                 scores[name]["ssim"].append(structural_similarity(clean, result, data_range=1.0, channel_axis=-1))

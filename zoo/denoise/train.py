@@ -56,7 +56,7 @@ def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * per_epoch)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
         dataset = patch_pipeline(train_images, patch=patch, batch_size=batch_size, sigma=sigma, seed=seed)
-        history = model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
+        history = model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose, shuffle=False,
                             callbacks=[keras.callbacks.CSVLogger(str(staging / "history.csv"))]).history
         if not np.isfinite(history["loss"][-1]):
             raise ZooError(f"the loss became {history['loss'][-1]}; lower --lr")
