@@ -82,7 +82,7 @@ def test_failure_after_training_leaves_out_as_it_was(tiny_npz, tmp_path, monkeyp
     def broken_plot(history, path):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(zoo.train, "_plot_curves", broken_plot)
+    monkeypatch.setattr(zoo.train, "plot_curves", broken_plot)
     with pytest.raises(RuntimeError, match="disk full"):
         train("cnn_bn", dataset=tiny_npz, epochs=1, out=out, verbose=0)
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
