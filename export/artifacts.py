@@ -112,6 +112,7 @@ class UnavailableRunner:
         self.name = name
         self.input_names: list[str] = []
         self.output_names: list[str] = []
+        self.input_shapes: dict = {}
         self.detail = f"not loaded: {reason}"
         self.reason = reason
 

@@ -4,7 +4,7 @@
 
 and the attributes `name` ("keras", "keras-folded", "savedmodel", "ort-cpu", "ort-cuda", "tflite"),
 `input_names`, `output_names` (model order for Keras and ONNX; SavedModel and TFLite signatures keep names only,
-sorted) and `detail` (what actually ran, e.g. the ONNX Runtime providers in use).
+sorted), `input_shapes` ({input name: shape in the model's NHWC layout, None for dynamic dims}) and `detail` (what actually ran, e.g. the ONNX Runtime providers in use).
 
 ONNX Runtime never falls back silently here: the runner reports `session.get_providers()`, and device="cuda"
 raises ExportError when CUDA cannot run (onnxruntime-gpu lists CUDAExecutionProvider as "available" even on a
@@ -35,6 +35,7 @@ class Runner(Protocol):
     name: str
     input_names: list[str]
     output_names: list[str]
+    input_shapes: dict[str, tuple[int | None, ...]]
     detail: str
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -54,6 +55,7 @@ class KerasRunner:
         self.name = name
         self.input_names = self.signature.input_names
         self.output_names = self.signature.output_names
+        self.input_shapes = {t.name: tuple(t.shape) for t in self.signature.inputs}
         self.detail = f"Keras {keras.__version__} ({keras.backend.backend()}), {source}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,6 +83,7 @@ class SavedModelRunner:
         self.name = name
         self.input_names = sorted(self._keyword)
         self.output_names = sorted(self._function.structured_outputs)
+        self.input_shapes = {spec.name: tuple(spec.shape.as_list()) for spec in kwargs.values()}
         self.detail = f"TensorFlow {tf.__version__}, signature {SIGNATURE_KEY}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,6 +128,9 @@ class OrtRunner:
         self.name = name or ("ort-cuda" if in_use[0] == CUDA else "ort-cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        dims = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self.session.get_inputs()}
+        self.input_shapes = {n: tuple(d[axis] for axis in (0, 2, 3, 1)) if n in self._nchw_inputs else d
+                             for n, d in dims.items()}
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
         off = f", optimizers off: {', '.join(disabled_optimizers)}" if disabled_optimizers else ""
         self.detail = f"onnxruntime {ort.__version__}, providers: {', '.join(in_use)}{layout}{off}"
@@ -156,6 +162,9 @@ class TFLiteRunner:
         self.name = name
         self.input_names = list(signature["inputs"])
         self.output_names = list(signature["outputs"])
+        details = self._runner.get_input_details()
+        self.input_shapes = {n: tuple(int(d) if d > 0 else None for d in details[n]["shape_signature"])
+                             for n in self.input_names}
         self.detail = runtime
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -67,11 +67,8 @@ def test_no_bn_is_an_error():
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("adabn") / "cnn_bn"
-    result = invoke("train", "cnn_bn", "--epochs", 3, "--image-size", 16, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+def digits_run(cnn_bn_run):
+    return cnn_bn_run
 
 
 def test_cli_recalibrates_on_brighter_digits_and_recovers_accuracy(digits_run, tmp_path):

@@ -13,11 +13,8 @@ from tests.helpers import assert_user_error, invoke
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "cnn_bn"
-    result = invoke("train", "cnn_bn", "--epochs", 2, "--image-size", 16, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+def run_dir(cnn_bn_run):
+    return cnn_bn_run
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,7 @@ def test_list_shows_cnn_bn_with_params_and_shape():
 def test_train_writes_the_run(run_dir):
     assert {p.name for p in run_dir.iterdir()} >= {"model.keras", "history.csv", "metrics.json", "curves.png"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["epochs"] == 3 and 0.0 <= metrics["test_accuracy"] <= 1.0
 
 
 def test_export_writes_bn_free_onnx_with_stable_names(export_dir):
@@ -70,6 +67,13 @@ def test_parity_command_passes_and_writes_json(export_dir, tmp_path):
     runtimes = {row["runtime"] for row in data["rows"]}
     assert {"keras-folded", "savedmodel", "ort-cpu"} <= runtimes
     assert {row["inputs"] for row in data["rows"]} >= {"batch 1", "batch 7"}
+
+
+def test_parity_can_switch_off_an_ort_optimizer(export_dir, tmp_path):
+    report = tmp_path / "parity.json"
+    result = invoke("parity", export_dir, "--ort-disable", "Pad_Fusion", "--json", report)
+    assert result.exit_code == 0, result.output
+    assert "optimizers off: Pad_Fusion" in json.loads(report.read_text())["runtimes"]["ort-cpu"]
 
 
 def test_parity_fails_on_a_corrupted_model(export_dir, tmp_path):

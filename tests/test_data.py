@@ -275,3 +275,20 @@ def test_bad_folders_are_zoo_errors(tmp_path):
     _write_images(tmp_path / "split" / "test", {"cow": 2})
     with pytest.raises(ZooError, match="has classes not in train/: cow"):
         load_dataset(f"folder:{tmp_path / 'split'}")
+
+
+def test_domain_shifts_change_images_not_labels():
+    from zoo.data import load_dataset
+
+    clean = load_dataset("digits")
+    x = clean.test.x.astype(np.float32) / 255.0
+    for shift, check in [
+        ("invert", lambda s: np.allclose(s, 1.0 - x)),
+        ("brightness", lambda s: np.allclose(s, np.clip(x + 0.4, 0, 1))),
+        ("contrast", lambda s: np.allclose(s, 0.5 + (x - 0.5) * 0.4)),
+        ("noise", lambda s: 0.2 < float(np.std(s - x)) < 0.35 and s.min() >= 0 and s.max() <= 1),
+    ]:
+        shifted = load_dataset(f"digits+{shift}")
+        assert shifted.name == f"digits+{shift}"
+        np.testing.assert_array_equal(shifted.test.y, clean.test.y)
+        assert shifted.test.x.dtype == np.float32 and check(shifted.test.x), shift

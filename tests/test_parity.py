@@ -81,6 +81,13 @@ def test_standard_input_sets_add_a_second_size_for_dynamic_inputs():
     assert sets[2][1]["image"].shape == (2, 48, 64, 3)
 
 
+def test_chosen_sizes_apply_to_dynamic_inputs_only():
+    sets = standard_input_sets([DYNAMIC], sizes=[(20, 20), (17, 31), (9, 5)])
+    assert [label for label, _ in sets] == ["batch 1 @ 20x20", "batch 7 @ 20x20", "batch 2 @ 17x31", "batch 2 @ 9x5"]
+    with pytest.raises(ExportError, match="fixed input size"):
+        standard_input_sets([IMAGE], sizes=[(20, 20)])
+
+
 class FakeRunner:
     def __init__(self, name, fn):
         self.name, self.fn, self.detail = name, fn, f"fake {name}"

@@ -152,3 +152,9 @@ def test_open_runner_picks_the_runtime_from_the_file(export_dir):
     assert open_runner(export_dir).name == "keras"
     with pytest.raises(ExportError, match="does not exist"):
         open_runner(export_dir / "nothing.onnx")
+
+
+@pytest.mark.parametrize("kind", sorted(RUNNERS))
+def test_every_runner_reports_input_shapes_in_nhwc(kind, export_dir):
+    runner = RUNNERS[kind](export_dir)
+    assert runner.input_shapes == {INPUT: (None, 6, 6, 2)}

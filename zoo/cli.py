@@ -313,7 +313,8 @@ def stylize(
         if not content or not style:
             raise ZooError("--method optimize needs --content IMAGE and --style IMAGE")
         from zoo.images import save_image
-        from zoo.style.stylize import ensure_dir, optimize_image
+        from zoo.images import ensure_dir
+        from zoo.style.stylize import optimize_image
 
         image, record = optimize_image(content, style, steps=steps, image_size=image_size, style_weight=style_weight,
                                        loss_net=loss_net.value, vgg_weights=vgg_weights)

@@ -26,7 +26,8 @@ class ImageModel:
                            f"an image model has one of each")
         self.input_name, self.output_name = self.runner.input_names[0], self.runner.output_names[0]
         self.detail = f"{self.runner.name}: {self.runner.detail}"
-        self.channels = _input_channels(self.runner)
+        channels = self.runner.input_shapes[self.input_name][-1]
+        self.channels = int(channels) if channels is not None else None
 
     def __call__(self, images: list[np.ndarray], *, batch_size: int = 4) -> list[np.ndarray]:
         """One output per H×W×C float32 image, in order."""
@@ -48,19 +49,3 @@ class ImageModel:
                     outputs[i] = output
         return outputs  # type: ignore[return-value]
 
-
-def _input_channels(runner) -> int | None:
-    """The channel count of the model's image input (NHWC), from whichever runtime holds the model."""
-    shape = None
-    if hasattr(runner, "signature"):  # Keras
-        shape = runner.signature.inputs[0].shape
-    elif hasattr(runner, "session"):  # ONNX Runtime; an --nchw export has channels on axis 1
-        shape = runner.session.get_inputs()[0].shape
-        if runner._nchw_inputs:
-            return shape[1] if isinstance(shape[1], int) else None
-    elif hasattr(runner, "_function"):  # SavedModel
-        shape = next(iter(runner._function.structured_input_signature[1].values())).shape.as_list()
-    elif hasattr(runner, "_interpreter"):  # TFLite
-        shape = list(runner._interpreter.get_input_details()[0]["shape"])
-    channels = shape[-1] if shape else None
-    return int(channels) if isinstance(channels, (int, np.integer)) else None

@@ -60,6 +60,37 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def list_images(folder: Path | str, *, option: str) -> list[str]:
+    """Every image file under `folder` (recursively, sorted); `option` names the flag in errors."""
+    from zoo.data.folder import IMAGE_SUFFIXES
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ZooError(f"{option} {folder} is not a folder; give a folder of images (PNG, JPEG, …)")
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ZooError(f"{option} {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def output_paths(images: list[str], out: Path) -> list[Path]:
+    """OUT/<stem>.png for each input (a file or skimage:NAME); two inputs with one stem are an error."""
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} is a file; give a folder")
+    stems = [Path(spec.partition(":")[2] if spec.startswith("skimage:") else spec).stem for spec in images]
+    seen = {stem for stem in stems if stems.count(stem) > 1}
+    if seen:
+        raise ZooError(f"two inputs would both be written as {sorted(seen)[0]}.png; rename one or run them apart")
+    return [out / f"{stem}.png" for stem in stems]
+
+
+def ensure_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ZooError(f"cannot create {folder}: {error.strerror or error}; choose another --out") from None
+
+
 def save_image(image: np.ndarray, path: Path) -> Path:
     """Write float [0, 1] H×W×3 as an 8-bit PNG (or the format the suffix names), atomically."""
     from PIL import Image

@@ -7,6 +7,7 @@ hidden staging directory next to `out` and moved in only when training succeeded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 
@@ -60,8 +61,7 @@ def train(
             check_positive(name, value, integer=True)
     check_positive("lr", lr)
     out = Path(out).expanduser()
-    staging = staging_dir(out)
-    try:
+    with run_directory(out, RUN_FILES) as staging:
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
         epochs = data.default_epochs if epochs is None else epochs
@@ -114,10 +114,7 @@ def train(
             "zoo_version": zoo.__version__,
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        publish(staging, out, RUN_FILES)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_metrics(staging, metrics)
     return metrics
 
 
@@ -139,6 +136,22 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
     kinds = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
         raise ZooError(f"{name} must be a positive {'integer' if integer else 'number'}, not {value!r}")
+
+
+@contextlib.contextmanager
+def run_directory(out: Path, files: tuple[str, ...]) -> Iterator[Path]:
+    """Yield a staging directory beside `out` to write a run into; on success move `files` into `out`. The staging
+    directory is removed either way, so a failure or Ctrl-C leaves `out` as it was."""
+    staging = staging_dir(out)
+    try:
+        yield staging
+        publish(staging, out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_metrics(staging: Path, metrics: dict[str, Any]) -> None:
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def staging_dir(out: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.images import read_image
+from zoo.images import list_images, read_image
 
 TRAIN_IMAGES = ("astronaut", "camera", "chelsea", "hubble_deep_field", "immunohistochemistry", "brick", "grass",
                 "moon", "clock", "retina")
@@ -46,15 +46,7 @@ def add_noise(image: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 def training_specs(folder: Path | str | None) -> list[str]:
     if folder is None:
         return [f"skimage:{name}" for name in TRAIN_IMAGES]
-    from zoo.data.folder import IMAGE_SUFFIXES
-
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ZooError(f"--images {folder} is not a folder of training images")
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ZooError(f"--images {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    return list_images(folder, option="--images")
 
 
 def patch_pipeline(images: list[np.ndarray], *, patch: int, batch_size: int, sigma: float, seed: int):

@@ -15,7 +15,7 @@ import numpy as np
 
 from zoo.denoise.data import HELD_OUT, add_noise, check_sigma, load_images, to_channels
 from zoo.errors import ZooError
-from zoo.images import DEFAULT_MAX_PIXELS, read_image, save_image
+from zoo.images import DEFAULT_MAX_PIXELS, ensure_dir, output_paths, read_image, save_image
 
 SIGMAS = (15, 25, 50)
 METHODS = ("noisy", "dncnn", "nl_means", "tv_chambolle")
@@ -34,8 +34,6 @@ def denoise_files(model, images: list[str], out: Path, *, sigma: float | None = 
                   seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], str]:
     """Denoise each image into OUT/<stem>.png. With `sigma`, Gaussian noise of that σ is added first (seeded) and
     the noisy input is written too (OUT/<stem>_noisy.png), to see what the model removes."""
-    from zoo.style.stylize import ensure_dir, output_paths
-
     if not images:
         raise ZooError("give at least one image after the model: zoo denoise MODEL IMAGE...")
     if sigma is not None:

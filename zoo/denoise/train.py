@@ -8,9 +8,7 @@ training σ (noisy input vs DnCNN output), written as one unit like `zoo train`.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import numpy as np
 import zoo
 from zoo.denoise.data import HELD_OUT, TRAIN_IMAGES, add_noise, check_sigma, load_images, patch_pipeline, training_specs
 from zoo.errors import ZooError
-from zoo.train import check_positive, publish, staging_dir
+from zoo.train import check_positive, run_directory, write_metrics
 
 RUN_FILES = ("model.keras", "history.csv", "curves.png", "metrics.json")
 STEPS_PER_EPOCH = 50
@@ -47,8 +45,7 @@ def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"
     from zoo.train import plot_curves
 
     out = Path(out).expanduser()
-    staging = staging_dir(out)
-    try:
+    with run_directory(out, RUN_FILES) as staging:
         keras.utils.set_random_seed(seed)
         model = create_model("dncnn", input_shape=(None, None, channels), depth=depth, filters=filters)
         per_epoch = min(STEPS_PER_EPOCH, steps)
@@ -71,10 +68,7 @@ def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"
             "params": int(model.count_params()), "seed": seed, "zoo_version": zoo.__version__,
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        publish(staging, out, RUN_FILES)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_metrics(staging, metrics)
     return metrics
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.images import DEFAULT_MAX_PIXELS, fit_long_side, read_image, resize_short_side, save_image
+from zoo.images import (DEFAULT_MAX_PIXELS, ensure_dir, fit_long_side, output_paths, read_image,
+                        resize_short_side, save_image)
 
 
 def stylize_files(model: Path | str, images: list[str], out: Path, *, device: str = "auto", batch_size: int = 4,
@@ -95,20 +96,3 @@ def optimize_image(
               "size": list(content_pixels.shape[:2]), "first_losses": dict(zip(names, first)),
               "final_losses": dict(zip(names, last)), "wall_time_s": round(time.perf_counter() - started, 2)}
     return image.numpy()[0], record
-
-
-def output_paths(images: list[str], out: Path) -> list[Path]:
-    if out.exists() and not out.is_dir():
-        raise ZooError(f"--out {out} is a file; give a folder")
-    stems = [Path(spec.partition(":")[2] if spec.startswith("skimage:") else spec).stem for spec in images]
-    seen = {stem for stem in stems if stems.count(stem) > 1}
-    if seen:
-        raise ZooError(f"two inputs would both be written as {sorted(seen)[0]}.png; rename one or stylize them apart")
-    return [out / f"{stem}.png" for stem in stems]
-
-
-def ensure_dir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ZooError(f"cannot create {folder}: {error.strerror or error}; choose another --out") from None

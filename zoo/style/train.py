@@ -16,8 +16,6 @@ style's), and the content loss that cost.
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,9 @@ from typing import Any
 import numpy as np
 
 import zoo
-from zoo.data.folder import IMAGE_SUFFIXES
 from zoo.errors import ZooError
-from zoo.images import center_crop, read_image, resize_short_side
-from zoo.train import check_positive, publish, staging_dir
+from zoo.images import center_crop, list_images, read_image, resize_short_side
+from zoo.train import check_positive, run_directory, write_metrics
 
 TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "hubble_deep_field", "immunohistochemistry", "retina", "clock")
 HELD_OUT_PHOTOS = ("coffee", "rocket")
@@ -79,8 +76,7 @@ def train_style(
     from zoo.style.losses import build_loss_network, content_loss, gram, style_loss, total_variation
 
     out = Path(out).expanduser()
-    staging = staging_dir(out)
-    try:
+    with run_directory(out, RUN_FILES) as staging:
         keras.utils.set_random_seed(seed)
         net = build_loss_network(loss_net, weights_path=vgg_weights, seed=seed)
         model = create_model("style_transformer", norm=norm, width=width)
@@ -161,10 +157,7 @@ def train_style(
             "zoo_version": zoo.__version__,
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        publish(staging, out, RUN_FILES)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_metrics(staging, metrics)
     return metrics
 
 
@@ -172,12 +165,7 @@ def _content_specs(content: str | Path | None) -> tuple[list[str], list[str]]:
     """(training images, held-out images) as read_image specs."""
     if content is None:
         return [f"skimage:{n}" for n in TRAIN_PHOTOS], [f"skimage:{n}" for n in HELD_OUT_PHOTOS]
-    folder = Path(content).expanduser()
-    if not folder.is_dir():
-        raise ZooError(f"--content {folder} is not a folder; give a folder of content images (PNG, JPEG, …)")
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ZooError(f"--content {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    files = list_images(content, option="--content")
     for path in files[:CACHE_LIMIT]:  # a broken file names itself now, not mid-training
         read_image(path, what="content image")
     held_out = files[-2:] if len(files) >= 4 else [f"skimage:{n}" for n in HELD_OUT_PHOTOS]
