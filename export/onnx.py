@@ -15,7 +15,13 @@ model. What this module adds on top of tf2onnx:
   inputs, which no runtime fed the model's inputs can run;
 - models whose weights approach protobuf's 2 GiB limit are converted with tf2onnx's large-model mode and saved
   with ONNX external data: `model.onnx` holds the graph, `model.onnx.data` (next to it) the weights, which is the
-  layout ONNX Runtime loads directly (tf2onnx's own large-model output is a zip that ORT cannot open).
+  layout ONNX Runtime loads directly (tf2onnx's own large-model output is a zip that ORT cannot open);
+- tf2onnx's `reshape_optimizer` is switched off: on a Reshape that produces a graph output (e.g. the Transpose
+  tf2onnx turns into a Reshape when C=1, as in a grayscale DnCNN) it sometimes drops the Squeeze it inserts,
+  depending on node order in memory, so the same model converted twice could give an output of rank 5 instead
+  of 4 (seen 4 times in 30 conversions). Without it no zoo or keras.applications graph gained a node; and every
+  conversion's output ranks are checked against the model's (ONNX shape inference, strict) so a wrong graph is
+  an error, never a file.
 """
 from __future__ import annotations
 
@@ -82,6 +88,7 @@ def export_onnx(
     onnx.helper.set_model_props(proto, {**(metadata or {}), **layout})
     if not external_data:
         _check(proto)
+        _check_output_ranks(proto, signature)
         with atomic_output(path) as tmp:
             onnx.save(proto, str(tmp))
         return path
@@ -105,6 +112,22 @@ def _check(model: Any) -> None:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the converted ONNX model is invalid: {first_line(e)}") from e
+
+
+def _check_output_ranks(proto: Any, signature: ModelSignature) -> None:
+    """Every graph output must have the rank of the model's output of that name (strict shape inference)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        raise ExportError(f"the converted ONNX model has inconsistent shapes: {first_line(e)}") from e
+    ranks = {t.name: len(t.shape) for t in signature.outputs}
+    for output in inferred.graph.output:
+        shape = output.type.tensor_type.shape
+        if output.type.tensor_type.HasField("shape") and len(shape.dim) != ranks.get(output.name, len(shape.dim)):
+            raise ExportError(f"the converted ONNX model's output {output.name!r} has rank {len(shape.dim)}, "
+                              f"the model's has rank {ranks[output.name]}: tf2onnx produced a wrong graph")
 
 
 def _weight_bytes(model: Any) -> int:
@@ -136,6 +159,7 @@ class _UnsupportedOps(logging.Handler):
 def _convert(model: Any, function: Any, signature: ModelSignature, opset: int, nchw_inputs: list[str],
              nchw_outputs: list[str], *, large: bool = False):
     import tf2onnx
+    from tf2onnx import optimizer as tf2onnx_optimizers
 
     import numpy as np
 
@@ -146,6 +170,9 @@ def _convert(model: Any, function: Any, signature: ModelSignature, opset: int, n
     shimmed = large and not hasattr(np, "product")
     if shimmed:
         np.product = np.prod
+    optimizers = tf2onnx_optimizers._get_optimizers()
+    all_optimizers = optimizers.copy()
+    optimizers.pop("reshape_optimizer", None)  # see the module docstring
     try:
         proto, storage = tf2onnx.convert.from_function(
             function,
@@ -159,6 +186,8 @@ def _convert(model: Any, function: Any, signature: ModelSignature, opset: int, n
         raise ExportError(f"ONNX conversion failed: {first_line(e)}") from e
     finally:
         logger.removeHandler(unsupported)
+        optimizers.clear()
+        optimizers.update(all_optimizers)
         if shimmed:
             del np.product
     if unsupported.found:

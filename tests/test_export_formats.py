@@ -326,3 +326,37 @@ def test_captured_constants_become_initializers_not_inputs(tmp_path):
     proto = onnx.load(str(tmp_path / ONNX))
     assert [i.name for i in proto.graph.input] == ["image"]
     _external_data_parity(model, tmp_path)
+
+
+def _gray_residual():
+    """1 channel in and out, output = input − conv(input): tf2onnx turns the C=1 Transposes into Reshapes."""
+    x = inputs = keras.Input((None, None, 1), name="noisy")
+    noise = keras.layers.Conv2D(1, 3, padding="same", name="noise")(keras.layers.Conv2D(4, 3, padding="same")(x))
+    return keras.Model(inputs, keras.layers.Subtract(name="denoised")([x, noise]))
+
+
+def test_one_channel_residual_keeps_its_rank_on_every_conversion(tmp_path):
+    """tf2onnx's reshape_optimizer dropped the output Squeeze in ~1 of 8 conversions of this graph (rank 5 out)."""
+    import onnxruntime as ort
+
+    model = _gray_residual()
+    x = np.random.default_rng(0).random((2, 9, 7, 1), dtype=np.float32)
+    for attempt in range(12):
+        path = export_onnx(model, tmp_path / f"{attempt}.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"noisy": x})[0], model(x).numpy(), atol=1e-5)
+
+
+def test_an_output_of_the_wrong_rank_is_refused():
+    from export.onnx import _check_output_ranks
+
+    model = _gray_residual()
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Unsqueeze", ["noisy", "axes"], ["denoised"])], "wrong",
+        [onnx.helper.make_tensor_value_info("noisy", onnx.TensorProto.FLOAT, ["batch", "h", "w", 1])],
+        [onnx.helper.make_tensor_value_info("denoised", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([0], np.int64), "axes")],
+    )
+    with pytest.raises(ExportError, match="'denoised' has rank 5, the model's has rank 4"):
+        _check_output_ranks(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+                            describe(model))
