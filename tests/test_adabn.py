@@ -86,7 +86,7 @@ def test_cli_recalibrates_on_brighter_digits_and_recovers_accuracy(digits_run, t
 
 def test_cli_bad_input(digits_run, tmp_path):
     assert_user_error(invoke("recalibrate-bn", tmp_path / "none.keras", "--dataset", "digits"), "does not exist")
-    assert_user_error(invoke("recalibrate-bn", digits_run, "--dataset", "digits+blur"), "unknown domain shift")
+    assert_user_error(invoke("recalibrate-bn", digits_run, "--dataset", "digits+blur"), "unknown dataset modifier")
     assert_user_error(invoke("recalibrate-bn", digits_run, "--dataset", "digits", "--out", tmp_path / "x.h5"),
                       "must end in .keras")
     assert_user_error(invoke("recalibrate-bn", digits_run, "--dataset", "digits", "--batches", 0), "batches")

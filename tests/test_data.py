@@ -292,3 +292,48 @@ def test_domain_shifts_change_images_not_labels():
         assert shifted.name == f"digits+{shift}"
         np.testing.assert_array_equal(shifted.test.y, clean.test.y)
         assert shifted.test.x.dtype == np.float32 and check(shifted.test.x), shift
+
+
+def test_class_subsets_relabel_and_keep_every_image_of_those_classes():
+    from zoo.data import load_dataset
+
+    clean = load_dataset("digits")
+    upper = load_dataset("digits+classes=5-9")
+    assert upper.name == "digits+classes=5-9" and upper.class_names == ["5", "6", "7", "8", "9"]
+    for part in ("train", "val", "test"):
+        original, kept = getattr(clean, part), getattr(upper, part)
+        mask = original.y >= 5
+        np.testing.assert_array_equal(kept.x, original.x[mask])
+        np.testing.assert_array_equal(kept.y, original.y[mask] - 5)
+    picked = load_dataset("digits+classes=0-1,7")
+    assert picked.class_names == ["0", "1", "7"] and set(picked.test.y) == {0, 1, 2}
+
+
+def test_per_class_limits_training_images_only_and_is_seeded():
+    from zoo.data import load_dataset
+
+    full = load_dataset("digits+classes=5-9")
+    few = load_dataset("digits+classes=5-9+per-class=7")
+    assert np.bincount(few.train.y).tolist() == [7] * 5
+    assert len(few.val) == len(full.val) and len(few.test) == len(full.test)
+    rows = {tuple(image.ravel()) for image in full.train.x}
+    assert all(tuple(image.ravel()) in rows for image in few.train.x)  # a subset, labels kept with their images
+    again, other = load_dataset("digits+classes=5-9+per-class=7"), load_dataset("digits+classes=5-9+per-class=7", seed=1)
+    np.testing.assert_array_equal(again.train.x, few.train.x)
+    assert not np.array_equal(other.train.x, few.train.x)
+    assert len(load_dataset("digits+per-class=1000").train) == len(load_dataset("digits").train)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("digits+classes=5-12", "digits has classes 0-9"),
+    ("digits+classes=a-b", "write class indices like 5-9"),
+    ("digits+classes=4", "at least 2 classes"),
+    ("digits+per-class=0", "number of training images per class"),
+    ("digits+per-class", "unknown dataset modifier 'per-class'"),
+    ("digits+blur", "unknown dataset modifier 'blur'"),
+])
+def test_bad_modifiers_are_zoo_errors(spec, message):
+    from zoo.data import load_dataset
+
+    with pytest.raises(ZooError, match=message):
+        load_dataset(spec)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from zoo.classifier import accuracy, is_classifier_for, square_image_input
 from zoo.errors import ZooError
 
 
@@ -127,20 +128,18 @@ def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: i
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ZooError(f"{name} must be a positive integer, not {value!r}")
     model = load_keras(src)
-    shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else ()
-    if len(shape) != 3 or shape[0] is None or shape[0] != shape[1]:
-        raise ZooError(f"recalibrate-bn needs a model with one square image input (H, H, C), not {shape or 'several inputs'}")
+    side, channels = square_image_input(model, "recalibrate-bn")
     data = load_dataset(dataset, seed=seed)
 
     def pipeline(split, training):
-        return make_pipeline(split, image_size=shape[0], channels=shape[2], batch_size=batch_size,
+        return make_pipeline(split, image_size=side, channels=channels, batch_size=batch_size,
                              training=training, seed=seed)
 
     images = [x.numpy() for x, _ in pipeline(data.train, True).take(batches)]
-    scored = evaluate and _is_classifier_for(model, len(data.class_names))
-    before = _accuracy(model, pipeline(data.test, False)) if scored else None
+    scored = evaluate and is_classifier_for(model, data.num_classes)
+    before = accuracy(model, pipeline(data.test, False)) if scored else None
     shifts = recalibrate_bn(model, images)
-    after = _accuracy(model, pipeline(data.test, False)) if scored else None
+    after = accuracy(model, pipeline(data.test, False)) if scored else None
     staged = out.with_name(f".{out.stem}.staging-{os.getpid()}.keras")  # Keras saves only to *.keras names
     try:
         model.save(staged)
@@ -151,15 +150,3 @@ def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: i
     return {"source": str(src), "out": str(out), "dataset": data.name, "images": int(sum(len(b) for b in images)),
             "layers": [s.to_dict() for s in shifts], "test_accuracy_before": before, "test_accuracy_after": after}
 
-
-def _is_classifier_for(model, classes: int) -> bool:
-    return len(model.outputs) == 1 and len(model.outputs[0].shape) == 2 and model.outputs[0].shape[-1] == classes
-
-
-def _accuracy(model, dataset) -> float:
-    correct = total = 0
-    for x, y in dataset:
-        logits = np.asarray(model(x, training=False))
-        correct += int((logits.argmax(axis=-1) == y.numpy()).sum())
-        total += len(logits)
-    return correct / total

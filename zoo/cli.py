@@ -101,7 +101,7 @@ STYLE_MODELS = ("style", "style_transformer")
 @app.command()
 def train(
     model: Annotated[str, typer.Argument(help="Registered model name (see `zoo list`); `style` trains the style network.")],
-    dataset: Annotated[Optional[str], typer.Option(help="Classifiers: digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH (default digits).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Classifiers: digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH (default digits), optionally +invert|noise|brightness|contrast, +classes=A-B, +per-class=N, e.g. digits+classes=5-9+per-class=10.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Classifiers: epochs (default: the dataset's own default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32; style: 4).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 3e-3 with warm-up and cosine decay; style: 1e-3 constant).")] = None,
@@ -223,6 +223,43 @@ def recalibrate_bn_command(
         if json_path is not None:
             json_path.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {out}")
+
+
+class BnMode(str, enum.Enum):
+    frozen = "frozen"
+    train = "train"
+
+
+@app.command()
+def finetune(
+    base: Annotated[Path, typer.Argument(help="The base classifier: a run directory (its model.keras) or any .keras file.")],
+    dataset: Annotated[str, typer.Option(help="Target dataset, e.g. digits+classes=5-9+per-class=10 (specs as in `zoo train --help`).")],
+    cut: Annotated[Optional[str], typer.Option(help="Layer whose output the new head starts from (default: the input of the base's classifier layer).")] = None,
+    keep_head: Annotated[bool, typer.Option("--keep-head", help="Keep the base's own head (same classes, new domain) instead of a new one.")] = False,
+    epochs_head: Annotated[int, typer.Option(help="Epochs training the head with the backbone frozen.")] = 20,
+    epochs_finetune: Annotated[int, typer.Option(help="Then epochs fine-tuning end to end (0: head only).")] = 0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the head phase.")] = 3e-3,
+    finetune_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the fine-tune phase (default lr/10).")] = None,
+    bn_mode: Annotated[BnMode, typer.Option(help="BN during fine-tuning: frozen (base statistics, γ/β fixed) or train (batch statistics, updated).")] = BnMode.frozen,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips where they keep the class).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for splits, shuffling, augmentation and the new head.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/finetune).")] = None,
+) -> None:
+    """Transfer a trained classifier: a new head on its frozen backbone (BN in inference mode), then optional fine-tuning."""
+    with user_errors():
+        _quiet_tensorflow()
+        from zoo.finetune import finetune as run_finetune
+
+        out = out or Path("runs") / "finetune"
+        metrics = run_finetune(base, dataset=dataset, out=out, cut=cut, keep_head=keep_head, epochs_head=epochs_head,
+                               epochs_finetune=epochs_finetune, lr=lr, finetune_lr=finetune_lr,
+                               bn_mode=bn_mode.value, batch_size=batch_size, augment=augment, seed=seed)
+        typer.echo(f"cut at {metrics['cut']!r}; {metrics['samples']['train']} training images of {metrics['dataset']}")
+        typer.echo(f"test accuracy after the head phase {metrics['head_test_accuracy']:.4f}"
+                   + (f", after fine-tuning (BN {metrics['bn_mode']}) {metrics['test_accuracy']:.4f}"
+                      if metrics["epochs_finetune"] else "") + f"; {metrics['wall_time_s']:.1f} s")
+        typer.echo(f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")
 
 
 @app.command()

@@ -82,7 +82,7 @@ def train(
             )
             for split in (data.train, data.val, data.test)
         )
-        _compile(model, lr, steps=epochs * math.ceil(len(data.train) / batch_size))
+        compile_classifier(model, lr, steps=epochs * math.ceil(len(data.train) / batch_size))
         history = model.fit(
             train_ds,
             validation_data=val_ds,
@@ -118,16 +118,17 @@ def train(
     return metrics
 
 
-def _compile(model: keras.Model, lr: float, *, steps: int) -> None:
+def compile_classifier(model: keras.Model, lr: float, *, steps: int, from_logits: bool = True) -> None:
     """Adam (linear warm-up from lr/10 to `lr` over 10 % of the steps, then cosine decay to 0), sparse
-    cross-entropy on logits, accuracy. The warm-up keeps the first steps from outrunning BN's statistics."""
+    cross-entropy on logits (or probabilities), accuracy. The warm-up keeps the first steps from outrunning BN's
+    statistics."""
     warmup = steps // 10
     schedule = keras.optimizers.schedules.CosineDecay(
         lr / 10, decay_steps=steps - warmup, warmup_target=lr, warmup_steps=warmup
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from zoo.data.dataset import ImageDataset, Split, carve_val, images_array, labels_array, split_pool
 from zoo.data.folder import load_folder
+from zoo.data.modifiers import MODIFIER_SPECS, apply_modifier
 from zoo.errors import ZooError
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -38,18 +39,17 @@ KERAS_DATASETS = {
     ),
     "cifar100": KerasDataset([str(i) for i in range(100)], 30, mirror_invariant=True),
 }
-DATASET_SPECS = ("digits", *KERAS_DATASETS, "npz:PATH", "folder:PATH", "SPEC+invert|noise|brightness|contrast")
+DATASET_SPECS = ("digits", *KERAS_DATASETS, "npz:PATH", "folder:PATH", *MODIFIER_SPECS)
 
 
 def load_dataset(spec: str = "digits", *, seed: int = 0) -> ImageDataset:
     """Load a dataset by spec (see DATASET_SPECS); `seed` fixes every train/val/test split it has to make.
 
-    `SPEC+SHIFT` (e.g. `digits+invert`) applies a domain shift from zoo/data/shifts.py to every split."""
-    base, plus, shift = spec.rpartition("+")
-    if plus and base and ":" not in shift:
-        from zoo.data.shifts import apply_shift
-
-        return apply_shift(load_dataset(base, seed=seed), shift, seed=seed)
+    `SPEC+MODIFIER` (e.g. `digits+invert`, `digits+classes=5-9+per-class=10`) applies the modifiers of
+    zoo/data/modifiers.py, left to right."""
+    base, plus, modifier = spec.rpartition("+")
+    if plus and base and ":" not in modifier:
+        return apply_modifier(load_dataset(base, seed=seed), modifier, seed=seed)
     kind, _, path = spec.partition(":")
     if kind == "npz" and path:
         return load_npz(path, seed=seed)
