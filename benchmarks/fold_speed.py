@@ -84,15 +84,24 @@ def cnn_bn():
     return create_model("cnn_bn")
 
 
+def dncnn(size: int):
+    """zoo's `dncnn` (depth 17, 64 filters, 15 BNs after bias-free convs), built for a --size² gray image: it is fully
+    convolutional, so a fixed size runs the same ops as the dynamic-size model."""
+    from zoo.registry import create_model
+
+    return create_model("dncnn", input_shape=(size, size, 1))
+
+
 MODELS = {
     "resnet50": (_applications("ResNet50"), "keras.applications.ResNet50 (convs with bias), --size² input"),
     "resnet50v2": (_applications("ResNet50V2"), "keras.applications.ResNet50V2 (BN convs bias-free), --size² input"),
     "mobilenetv2": (_applications("MobileNetV2"), "keras.applications.MobileNetV2 (bias-free convs), --size² input"),
     "convnet": (convnet, "zoo-style conv(bias)→BN→ReLU ×4, 64×64"),
     "cnn_bn": (cnn_bn, "zoo registry cnn_bn, 28×28×1"),
+    "dncnn": (dncnn, "zoo registry dncnn (denoiser, bias-free convs), --size²×1 input"),
 }
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "convnet", "cnn_bn")
-APPLICATIONS = ("resnet50", "resnet50v2", "mobilenetv2")
+SIZED = ("resnet50", "resnet50v2", "mobilenetv2", "dncnn")  # built for the --size² input
 
 
 def ort_session(path: Path, level: str, threads: int, spin: bool = True):
@@ -189,7 +198,7 @@ def measure(name: str, workdir: Path, *, batches: list[int], runs: int, runs_lar
 
     build, description = MODELS[name]
     keras.utils.set_random_seed(seed)
-    model = build(size) if name in APPLICATIONS else build()
+    model = build(size) if name in SIZED else build()
     randomize_bn(model, seed, moderate=True)
     folded, report = fold_batchnorm(model)
     log(f"{name}: {report.summary()[:160]}")
