@@ -43,16 +43,23 @@ def export_model(
     nchw: bool = False,
     metadata: dict[str, str] | None = None,
     onnx_external_data: bool | None = None,
+    parity_sizes: list[tuple[int, int]] | None = None,
 ) -> ExportResult:
     """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically).
 
-    `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB)."""
+    `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB).
+    `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written."""
     from export.onnx import export_onnx
     from export.savedmodel import export_savedmodel
     from export.tflite import export_tflite
 
     src, out_dir = Path(src), Path(out_dir).expanduser()
     model = load_keras(src)
+    if parity_sizes is not None:
+        from export.parity import standard_input_sets
+        from export.signature import describe
+
+        standard_input_sets(describe(model).inputs, sizes=parity_sizes)  # raises for a fixed-size model
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir)
     meta = {"zoo_version": _version(), "source_model": str(src), **(metadata or {})}

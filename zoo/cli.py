@@ -69,7 +69,7 @@ def _quiet_tensorflow() -> None:
 
 @app.command("list")
 def list_command() -> None:
-    """List the registered models with parameter count, default input shape and description."""
+    """List the registered models with parameter count, default input shape, description and options."""
     with user_errors():
         from zoo.registry import create_model, list_models
 
@@ -77,7 +77,9 @@ def list_command() -> None:
         for spec in list_models():
             model = create_model(spec.name)
             shape = "×".join("?" if d is None else str(d) for d in spec.default_input_shape)
-            rows.append((spec.name, f"{model.count_params():,}", shape, spec.description))
+            options = [o for o in spec.options if o not in ("input_shape", "num_classes")]
+            described = spec.description + (f" [--option {', '.join(options)}]" if options else "")
+            rows.append((spec.name, f"{model.count_params():,}", shape, described))
         header = ("model", "params", "input", "description")
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
         for row in [header, *rows]:
@@ -96,6 +98,30 @@ class LossNet(str, enum.Enum):
 
 
 STYLE_MODELS = ("style", "style_transformer")
+
+
+def parse_model_options(pairs: list[str]) -> dict:
+    """`--option KEY=VALUE` pairs → model options; values read as true/false, integers, numbers, else text."""
+    from zoo.errors import ZooError
+
+    options = {}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        if not equals or not key.strip():
+            raise ZooError(f"--option {pair!r}: write KEY=VALUE, e.g. --option depth=11")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text.strip()
+        options[key.strip().replace("-", "_")] = value
+    return options
 
 
 @app.command()
@@ -121,6 +147,7 @@ def train(
     sigma: Annotated[Optional[float], typer.Option(help="dncnn: Gaussian noise σ in 8-bit units (default 25).")] = None,
     patch: Annotated[Optional[int], typer.Option(help="dncnn: training patch size (default 40).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="dncnn: a folder of clean training images (default: scikit-image's bundled photos).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="A model option KEY=VALUE, repeatable, e.g. --option depth=11 --option width=0.25; `zoo list` shows them.")] = None,
 ) -> None:
     """Train a zoo model: classifiers on a dataset, `style` on content photos and a style image, `dncnn` on
     noisy patches.
@@ -135,6 +162,7 @@ def train(
         style_options = {"--style": style, "--content": content, "--steps": steps, "--style-weight": style_weight,
                          "--content-weight": content_weight, "--tv-weight": tv_weight, "--vgg-weights": vgg_weights}
         denoise_options = {"--sigma": sigma, "--patch": patch, "--images": images}
+        model_config = parse_model_options(option or [])
         if model == "dncnn":
             others = {"--dataset": dataset, "--epochs": epochs, "--image-size": image_size, **style_options}
             given = [name for name, value in others.items() if value is not None and name != "--steps"]
@@ -146,8 +174,11 @@ def train(
             chosen = {"steps": steps, "patch": patch, "batch_size": batch_size, "lr": lr}
             settings = {k: DENOISE_DEFAULTS[k] if v is None else v for k, v in chosen.items()}
             out = out or Path("runs") / "dncnn"
+            unknown = sorted(set(model_config) - {"depth", "filters"})
+            if unknown:
+                raise ZooError(f"dncnn has no training option {', '.join(unknown)}; use --option depth=N or filters=N")
             metrics = train_dncnn(out=out, sigma=25.0 if sigma is None else sigma, images=images, seed=seed,
-                                  **settings)
+                                  **settings, **model_config)
             psnr = metrics["held_out_psnr"]
             typer.echo(f"held-out PSNR at sigma {metrics['sigma']:g}: noisy {psnr['noisy']:.2f} dB, DnCNN "
                        f"{psnr['dncnn']:.2f} dB after {metrics['steps']} steps in {metrics['wall_time_s']:.1f} s")
@@ -159,6 +190,9 @@ def train(
                      if value is not None]
             if given:
                 raise ZooError(f"{', '.join(given)} is for classifiers; the style network trains on --content images")
+            unknown = sorted(set(model_config) - {"width"})
+            if unknown:
+                raise ZooError(f"the style network has no training option {', '.join(unknown)}; use --norm, --option width=N")
             if style is None:
                 raise ZooError("give the style image: zoo train style --style IMAGE (a file or skimage:NAME)")
             from zoo.style.train import DEFAULTS, train_style
@@ -168,7 +202,7 @@ def train(
             settings = {k: DEFAULTS[k] if v is None else v for k, v in chosen.items()}
             out = out or Path("runs") / f"style_{norm.value}"
             metrics = train_style(style=style, content=content, norm=norm.value, loss_net=loss_net.value,
-                                  vgg_weights=vgg_weights, seed=seed, out=out, **settings)
+                                  vgg_weights=vgg_weights, seed=seed, out=out, **settings, **model_config)
             ev = metrics["evaluation"]
             typer.echo(f"loss network: {metrics['loss_net']}")
             typer.echo(f"style loss of held-out images: {ev['content_images_style_loss']:.4g} before, "
@@ -186,7 +220,7 @@ def train(
         out = out or Path("runs") / model
         metrics = train_model(model, dataset=dataset or "digits", epochs=epochs, batch_size=batch_size or 32,
                               lr=3e-3 if lr is None else lr, seed=seed, out=out, image_size=image_size,
-                              augment=augment)
+                              augment=augment, model_config=model_config)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")
@@ -390,7 +424,7 @@ def export_command(
         source = resolve_source(src)
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
-                              metadata=source.metadata)
+                              metadata=source.metadata, parity_sizes=sizes if parity else None)
         if result.fold_report is not None:
             typer.echo(result.fold_report.summary())
         for path in result.written:

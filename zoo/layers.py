@@ -193,3 +193,22 @@ class InstanceNormalization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ZeroPadChannels(keras.layers.Layer):
+    """Append `extra` all-zero channels (NHWC): the parameter-free 'option A' shortcut of He et al.'s CIFAR ResNets,
+    which widens the identity to the next stage's channel count. One Pad op in every runtime."""
+
+    def __init__(self, extra: int, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = int(extra)
+
+    def call(self, x):
+        return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+    def compute_output_shape(self, shape):
+        return (*shape[:-1], None if shape[-1] is None else shape[-1] + self.extra)
+
+    def get_config(self):
+        return {**super().get_config(), "extra": self.extra}

@@ -1,3 +1,3 @@
 """Model families. Importing this package registers every family with `zoo.registry` (one file per family)."""
 
-from zoo.models import cnn_bn, dncnn, style  # noqa: F401
+from zoo.models import cnn_bn, dncnn, mobilenet, resnet_cifar, style, vgg  # noqa: F401
