@@ -89,15 +89,36 @@ def test_pipeline_converts_channels_exactly():
 
 
 def test_shuffle_order_is_deterministic_by_seed_and_reshuffles_each_epoch(digits):
-    def pipeline(seed):
-        return make_pipeline(digits.val, image_size=8, channels=1, batch_size=64, training=True, seed=seed)
+    def pipeline(seed, epochs=2, first_epoch=0):
+        return make_pipeline(digits.val, image_size=8, channels=1, batch_size=64, training=True, seed=seed,
+                             epochs=epochs, first_epoch=first_epoch)
 
-    first = pipeline(seed=5)
-    epoch1, epoch2 = _labels(first), _labels(first)
-    np.testing.assert_array_equal(_labels(pipeline(seed=5)), epoch1)
+    labels = _labels(pipeline(seed=5))
+    epoch1, epoch2 = labels[: len(digits.val)], labels[len(digits.val):]
+    np.testing.assert_array_equal(_labels(pipeline(seed=5)), labels)
     assert not np.array_equal(epoch1, epoch2)
-    assert not np.array_equal(_labels(pipeline(seed=6)), epoch1)
-    assert sorted(epoch1) == sorted(digits.val.y)
+    assert not np.array_equal(_labels(pipeline(seed=6, epochs=1)), epoch1)
+    assert sorted(epoch1) == sorted(digits.val.y) == sorted(epoch2)
+    np.testing.assert_array_equal(_labels(pipeline(seed=5, first_epoch=1)), epoch2)  # a resumed run's epoch 1
+
+
+def test_training_pipeline_yields_whole_epochs_and_resumes_them_exactly(digits):
+    from zoo.data import steps_per_epoch
+
+    def batches(**epochs):
+        return _batches(make_pipeline(digits.val, image_size=8, channels=1, batch_size=64, training=True, seed=3,
+                                      augment=True, **epochs))
+
+    steps = steps_per_epoch(digits.val, 64)
+    assert steps == 5  # 270 images: 4 full batches and one of 14
+    full = batches(epochs=3)
+    assert len(full) == 3 * steps and [len(y) for _, y in full[:steps]] == [64] * 4 + [14]
+    resumed = batches(epochs=3, first_epoch=2)
+    for (x, y), (x_full, y_full) in zip(resumed, full[2 * steps:], strict=True):
+        np.testing.assert_array_equal(x, x_full)  # same order and the same random shifts
+        np.testing.assert_array_equal(y, y_full)
+    endless = make_pipeline(digits.val, image_size=8, channels=1, batch_size=64, training=True, seed=3)
+    assert len(list(endless.take(4 * steps))) == 4 * steps
 
 
 def test_augmentation_is_seeded_training_only_and_keeps_shapes():
@@ -106,7 +127,7 @@ def test_augmentation_is_seeded_training_only_and_keeps_shapes():
 
     def images(training, augment=True, seed=0, flip=False):
         pipeline = make_pipeline(split, image_size=16, channels=3, batch_size=16, training=training, seed=seed,
-                                 augment=augment, flip=flip)
+                                 augment=augment, flip=flip, **({"epochs": 1} if training else {}))
         return np.sort(_batches(pipeline)[0][0].reshape(16, -1), axis=0)  # order-free comparison
 
     plain = images(training=True, augment=False)
@@ -241,7 +262,8 @@ def test_folder_of_classes_is_split_by_seed(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (14, 3, 3)
     assert data.train.from_files
     np.testing.assert_array_equal(load_dataset(f"folder:{tmp_path}", seed=0).test.x, data.test.x)
-    x, y = _batches(make_pipeline(data.train, image_size=8, channels=3, batch_size=32, training=True, seed=0))[0]
+    x, y = _batches(make_pipeline(data.train, image_size=8, channels=3, batch_size=32, training=True, seed=0,
+                                  epochs=1))[0]
     assert x.shape == (14, 8, 8, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert sorted(y) == sorted(data.train.y)
 

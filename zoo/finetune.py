@@ -34,7 +34,6 @@ from typing import Any
 
 import keras
 
-import zoo
 from zoo.classifier import accuracy, is_classifier_for, square_image_input
 from zoo.errors import ZooError
 
@@ -64,9 +63,9 @@ def finetune(
     metrics (also in metrics.json)."""
     from export.loading import load_keras
     from zoo.adabn import bn_layers
-    from zoo.data import load_dataset, make_pipeline
+    from zoo.data import load_dataset, make_pipeline, steps_per_epoch
     from zoo.runs import resolve_source
-    from zoo.train import compile_classifier, check_positive, plot_curves, run_directory, write_metrics
+    from zoo.train import check_positive, compile_classifier, plot_curves, run_directory, write_history, write_metrics
     import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
 
     started = time.perf_counter()
@@ -97,18 +96,18 @@ def finetune(
         backbone = keras.Model(base_model.inputs, features, name="backbone")
         model = _with_head(backbone, tail if keep_head else None, data.num_classes, side, channels)
         from_logits = not (keep_head and _ends_in_softmax(tail))
-        train_ds, val_ds, test_ds = (
-            make_pipeline(split, image_size=side, channels=channels, batch_size=batch_size,
-                          training=split is data.train, seed=seed, augment=augment, flip=data.mirror_invariant)
-            for split in (data.train, data.val, data.test)
-        )
-        steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        log = keras.callbacks.CSVLogger(str(staging / "history.csv"), append=True)
-        fit = dict(validation_data=val_ds, shuffle=False, verbose=verbose, callbacks=[log])
+        def pipeline(split, **epochs):
+            return make_pipeline(split, image_size=side, channels=channels, batch_size=batch_size,
+                                 training=split is data.train, seed=seed, augment=augment,
+                                 flip=data.mirror_invariant, **epochs)
+
+        val_ds, test_ds = pipeline(data.val), pipeline(data.test)
+        steps = steps_per_epoch(data.train, batch_size)
+        fit = dict(validation_data=val_ds, steps_per_epoch=steps, shuffle=False, verbose=verbose)
 
         backbone.trainable = False
-        compile_classifier(model, lr, steps=epochs_head * steps_per_epoch, from_logits=from_logits)
-        history = model.fit(train_ds, epochs=epochs_head, **fit).history
+        compile_classifier(model, lr, steps=epochs_head * steps, from_logits=from_logits)
+        history = model.fit(pipeline(data.train, epochs=epochs_head), epochs=epochs_head, **fit).history
         head_test = accuracy(model, test_ds)
         trainable = {"head": _count(model.trainable_weights)}
         if epochs_finetune:
@@ -116,10 +115,13 @@ def finetune(
             if bn_mode == "frozen":
                 for layer in bn_layers(backbone):
                     layer.trainable = False
-            compile_classifier(model, finetune_lr, steps=epochs_finetune * steps_per_epoch, from_logits=from_logits)
-            more = model.fit(train_ds, initial_epoch=epochs_head, epochs=epochs_head + epochs_finetune, **fit).history
+            total = epochs_head + epochs_finetune
+            compile_classifier(model, finetune_lr, steps=epochs_finetune * steps, from_logits=from_logits)
+            more = model.fit(pipeline(data.train, epochs=total, first_epoch=epochs_head), initial_epoch=epochs_head,
+                             epochs=total, **fit).history
             history = {key: history[key] + more[key] for key in history}
             trainable["finetune"] = _count(model.trainable_weights)
+        write_history(staging / "history.csv", history)
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
         model.save(staging / "model.keras")
         plot_curves(history, staging / "curves.png")

@@ -2,14 +2,15 @@
 
 A run directory holds model.keras, history.csv, metrics.json and curves.png. Everything is written into a
 hidden staging directory next to `out` and moved in only when training succeeded, so a failure or Ctrl-C leaves
-`out` as it was.
+`out` as it was. Every epoch is also checkpointed beside `out` (zoo/checkpoint.py), so `resume=True` after a crash
+or kill continues from the last completed epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ from typing import Any, Iterator
 import keras
 
 import zoo
-from zoo.data import load_dataset, make_pipeline
+from zoo.checkpoint import EpochCheckpoint, checkpoint_dir, load_checkpoint, remove_checkpoint
+from zoo.data import load_dataset, make_pipeline, steps_per_epoch
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
 
@@ -40,6 +42,7 @@ def train(
     augment: bool = True,
     verbose: int | str = "auto",
     model_config: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
@@ -61,36 +64,46 @@ def train(
             check_positive(name, value, integer=True)
     check_positive("lr", lr)
     out = Path(out).expanduser()
+    checkpoints = checkpoint_dir(out)
     with run_directory(out, RUN_FILES) as staging:
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
         epochs = data.default_epochs if epochs is None else epochs
         size = data.default_image_size if image_size is None else image_size
-        model = create_model(
-            model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
-        )
-        train_ds, val_ds, test_ds = (
-            make_pipeline(
-                split,
-                image_size=size,
-                channels=data.channels,
-                batch_size=batch_size,
-                training=split is data.train,
-                seed=seed,
-                augment=augment,
-                flip=data.mirror_invariant,
+        fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                       "seed": seed, "image_size": size, "augment": augment, "model_config": model_config}
+        restored = load_checkpoint(checkpoints, fingerprint) if resume else None
+        if restored is None:
+            remove_checkpoint(checkpoints)
+            model = create_model(
+                model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
             )
-            for split in (data.train, data.val, data.test)
+            compile_classifier(model, lr, steps=epochs * steps_per_epoch(data.train, batch_size))
+            first_epoch, history = 0, {}
+        else:
+            model, first_epoch, history = restored
+        train_ds = make_pipeline(data.train, image_size=size, channels=data.channels, batch_size=batch_size,
+                                 training=True, seed=seed, augment=augment, flip=data.mirror_invariant,
+                                 epochs=epochs, first_epoch=first_epoch)
+        val_ds, test_ds = (
+            make_pipeline(split, image_size=size, channels=data.channels, batch_size=batch_size, training=False,
+                          seed=seed)
+            for split in (data.val, data.test)
         )
-        compile_classifier(model, lr, steps=epochs * math.ceil(len(data.train) / batch_size))
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            shuffle=False,  # the pipeline shuffles, seeded; Keras cannot shuffle a tf.data.Dataset anyway
-            verbose=verbose,
-            callbacks=[keras.callbacks.CSVLogger(str(staging / "history.csv"))],
-        ).history
+        checkpoint = EpochCheckpoint(checkpoints, fingerprint, history)
+        if first_epoch < epochs:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps_per_epoch(data.train, batch_size),
+                shuffle=False,  # the pipeline shuffles, seeded per epoch; Keras cannot shuffle a tf.data.Dataset
+                verbose=verbose,
+                callbacks=[checkpoint],
+            )
+        history = checkpoint.history
+        write_history(staging / "history.csv", history)
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
         model.save(staging / "model.keras")
         plot_curves(history, staging / "curves.png")
@@ -109,13 +122,25 @@ def train(
             "image_size": size,
             "channels": data.channels,
             "model_config": model_config,
+            "resumed_from_epoch": first_epoch,
             "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "class_names": data.class_names,
             "zoo_version": zoo.__version__,
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
         write_metrics(staging, metrics)
+    remove_checkpoint(checkpoints)
     return metrics
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """history.csv: one row per epoch (numbered from 0), one column per metric."""
+    keys = sorted(history)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", *keys])
+        for epoch, values in enumerate(zip(*(history[key] for key in keys))):
+            writer.writerow([epoch, *values])
 
 
 def compile_classifier(model: keras.Model, lr: float, *, steps: int, from_logits: bool = True) -> None:
