@@ -147,6 +147,8 @@ def train(
     sigma: Annotated[Optional[float], typer.Option(help="dncnn: Gaussian noise σ in 8-bit units (default 25).")] = None,
     patch: Annotated[Optional[int], typer.Option(help="dncnn: training patch size (default 40).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="dncnn: a folder of clean training images (default: scikit-image's bundled photos).")] = None,
+    strategy: Annotated[str, typer.Option(help="Classifiers: none, or mirrored (every GPU, synchronized BN; --batch-size is the global batch).")] = "none",
+    cpu_devices: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices (to run --strategy mirrored without GPUs, for testing).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Classifiers: continue from the checkpoint a killed or failed run of the same command left (every epoch is checkpointed).")] = False,
     option: Annotated[Optional[list[str]], typer.Option("--option", help="A model option KEY=VALUE, repeatable, e.g. --option depth=11 --option width=0.25; `zoo list` shows them.")] = None,
 ) -> None:
@@ -158,6 +160,10 @@ def train(
     """
     with user_errors():
         _quiet_tensorflow()
+        if cpu_devices is not None:
+            from zoo.distribute import split_cpu
+
+            split_cpu(cpu_devices)  # first: TensorFlow must not have started yet
         from zoo.errors import ZooError
 
         style_options = {"--style": style, "--content": content, "--steps": steps, "--style-weight": style_weight,
@@ -221,7 +227,7 @@ def train(
         out = out or Path("runs") / model
         metrics = train_model(model, dataset=dataset or "digits", epochs=epochs, batch_size=batch_size or 32,
                               lr=3e-3 if lr is None else lr, seed=seed, out=out, image_size=image_size,
-                              augment=augment, model_config=model_config, resume=resume)
+                              augment=augment, model_config=model_config, resume=resume, strategy=strategy)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")

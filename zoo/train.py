@@ -23,6 +23,7 @@ import keras
 import zoo
 from zoo.checkpoint import EpochCheckpoint, checkpoint_dir, load_checkpoint, remove_checkpoint
 from zoo.data import load_dataset, make_pipeline, steps_per_epoch
+from zoo.distribute import make_strategy, synchronize_bn
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
 
@@ -43,6 +44,7 @@ def train(
     verbose: int | str = "auto",
     model_config: dict[str, Any] | None = None,
     resume: bool = False,
+    strategy: str = "none",
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
@@ -72,16 +74,20 @@ def train(
         size = data.default_image_size if image_size is None else image_size
         fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                        "seed": seed, "image_size": size, "augment": augment, "model_config": model_config}
-        restored = load_checkpoint(checkpoints, fingerprint) if resume else None
-        if restored is None:
-            remove_checkpoint(checkpoints)
-            model = create_model(
-                model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
-            )
-            compile_classifier(model, lr, steps=epochs * steps_per_epoch(data.train, batch_size))
-            first_epoch, history = 0, {}
-        else:
-            model, first_epoch, history = restored
+        distributed = make_strategy(strategy)
+        with distributed.scope() if distributed else contextlib.nullcontext():
+            restored = load_checkpoint(checkpoints, fingerprint) if resume else None
+            if restored is None:
+                remove_checkpoint(checkpoints)
+                model = create_model(
+                    model_name, input_shape=(size, size, data.channels), num_classes=data.num_classes, **model_config
+                )
+                if distributed:
+                    model = synchronize_bn(model)
+                compile_classifier(model, lr, steps=epochs * steps_per_epoch(data.train, batch_size))
+                first_epoch, history = 0, {}
+            else:
+                model, first_epoch, history = restored
         train_ds = make_pipeline(data.train, image_size=size, channels=data.channels, batch_size=batch_size,
                                  training=True, seed=seed, augment=augment, flip=data.mirror_invariant,
                                  epochs=epochs, first_epoch=first_epoch)
@@ -123,6 +129,8 @@ def train(
             "channels": data.channels,
             "model_config": model_config,
             "resumed_from_epoch": first_epoch,
+            "strategy": strategy,
+            "replicas": distributed.num_replicas_in_sync if distributed else 1,
             "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "class_names": data.class_names,
             "zoo_version": zoo.__version__,
