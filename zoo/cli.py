@@ -147,6 +147,13 @@ def train(
     sigma: Annotated[Optional[float], typer.Option(help="dncnn: Gaussian noise σ in 8-bit units (default 25).")] = None,
     patch: Annotated[Optional[int], typer.Option(help="dncnn: training patch size (default 40).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="dncnn: a folder of clean training images (default: scikit-image's bundled photos).")] = None,
+    recipe: Annotated[str, typer.Option(help="Classifiers: default (Adam 3e-3, warm-up + cosine, batch 32) or paper (the published recipe, e.g. He et al. for resnet20/56: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, 164 epochs, ÷10 at 50/75 %); the options below override single fields.")] = "default",
+    optimizer: Annotated[Optional[str], typer.Option(help="Classifiers: adam or sgd (momentum 0.9).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Classifiers: decoupled weight decay, e.g. 1e-4.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Classifiers: cosine (with warm-up), step (÷10 at 50 % and 75 %) or constant.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Classifiers: label smoothing, e.g. 0.1.")] = None,
+    early_stopping: Annotated[Optional[int], typer.Option(help="Classifiers: stop after N epochs without a better validation accuracy.")] = None,
+    keep_best: Annotated[bool, typer.Option("--keep-best", help="Classifiers: save the weights of the best validation epoch, not the last.")] = False,
     strategy: Annotated[str, typer.Option(help="Classifiers: none, or mirrored (every GPU, synchronized BN; --batch-size is the global batch).")] = "none",
     cpu_devices: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices (to run --strategy mirrored without GPUs, for testing).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Classifiers: continue from the checkpoint a killed or failed run of the same command left (every epoch is checkpointed).")] = False,
@@ -169,7 +176,17 @@ def train(
         style_options = {"--style": style, "--content": content, "--steps": steps, "--style-weight": style_weight,
                          "--content-weight": content_weight, "--tv-weight": tv_weight, "--vgg-weights": vgg_weights}
         denoise_options = {"--sigma": sigma, "--patch": patch, "--images": images}
+        classifier_options = {
+            "--recipe": None if recipe == "default" else recipe, "--optimizer": optimizer,
+            "--weight-decay": weight_decay, "--schedule": schedule, "--label-smoothing": label_smoothing,
+            "--early-stopping": early_stopping, "--keep-best": keep_best or None, "--resume": resume or None,
+            "--strategy": None if strategy == "none" else strategy,
+        }
         model_config = parse_model_options(option or [])
+        if model == "dncnn" or model in STYLE_MODELS:
+            given = [name for name, value in classifier_options.items() if value is not None]
+            if given:
+                raise ZooError(f"{', '.join(given)} is for classifiers, not `zoo train {model}`")
         if model == "dncnn":
             others = {"--dataset": dataset, "--epochs": epochs, "--image-size": image_size, **style_options}
             given = [name for name, value in others.items() if value is not None and name != "--steps"]
@@ -225,9 +242,11 @@ def train(
         from zoo.train import train as train_model
 
         out = out or Path("runs") / model
-        metrics = train_model(model, dataset=dataset or "digits", epochs=epochs, batch_size=batch_size or 32,
-                              lr=3e-3 if lr is None else lr, seed=seed, out=out, image_size=image_size,
-                              augment=augment, model_config=model_config, resume=resume, strategy=strategy)
+        metrics = train_model(model, dataset=dataset or "digits", epochs=epochs, batch_size=batch_size, lr=lr,
+                              seed=seed, out=out, image_size=image_size, augment=augment, model_config=model_config,
+                              resume=resume, strategy=strategy, recipe=recipe, optimizer=optimizer,
+                              weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+                              early_stopping=early_stopping, keep_best=keep_best)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")

@@ -24,6 +24,7 @@ import zoo
 from zoo.checkpoint import EpochCheckpoint, checkpoint_dir, load_checkpoint, remove_checkpoint
 from zoo.data import load_dataset, make_pipeline, steps_per_epoch
 from zoo.distribute import make_strategy, synchronize_bn
+from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
 
@@ -35,8 +36,8 @@ def train(
     *,
     dataset: str = "digits",
     epochs: int | None = None,
-    batch_size: int = 32,
-    lr: float = 3e-3,
+    batch_size: int | None = None,
+    lr: float | None = None,
     seed: int = 0,
     out: Path,
     image_size: int | None = None,
@@ -45,13 +46,23 @@ def train(
     model_config: dict[str, Any] | None = None,
     resume: bool = False,
     strategy: str = "none",
+    recipe: str = "default",
+    optimizer: str | None = None,
+    weight_decay: float | None = None,
+    schedule: str | None = None,
+    label_smoothing: float | None = None,
+    early_stopping: int | None = None,
+    keep_best: bool = False,
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
-    `epochs` defaults to the dataset's own default, `image_size` to its native size. `augment` shifts the
-    training images at random (and flips them where the dataset says that keeps the class). The learning rate
-    warms up over the first 10 % of the steps, then follows a cosine decay to 0, so the final epoch (the saved
-    model) is the settled one.
+    `recipe` ("default" or "paper", zoo/recipes.py) sets the optimizer, schedule, regularisation, batch size and
+    epochs; the other arguments override single fields. The default warms the learning rate up over the first
+    10 % of the steps, then decays it to 0 (cosine), so the final epoch (the saved model) is the settled one.
+    `epochs` defaults to the recipe's, else the dataset's own; `image_size` to the dataset's native size.
+    `augment` shifts the training images at random (and flips them where the dataset says that keeps the class).
+    `early_stopping=N` stops after N epochs without a better validation accuracy; `keep_best` saves the weights
+    of the best validation epoch instead of the last.
     """
     started = time.perf_counter()
     spec = get_model_spec(model_name)
@@ -61,19 +72,22 @@ def train(
     clash = sorted({"input_shape", "num_classes"} & set(model_config))
     if clash:
         raise ZooError(f"{', '.join(clash)} come from the dataset; use --image-size to change the input size")
-    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("image_size", image_size)):
+    for name, value in (("image_size", image_size), ("early_stopping", early_stopping)):
         if value is not None:
             check_positive(name, value, integer=True)
-    check_positive("lr", lr)
+    plan = recipe_for(model_name, recipe).with_overrides(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+        schedule=schedule, label_smoothing=label_smoothing)
+    batch_size, lr = plan.batch_size, plan.lr
     out = Path(out).expanduser()
     checkpoints = checkpoint_dir(out)
     with run_directory(out, RUN_FILES) as staging:
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
-        epochs = data.default_epochs if epochs is None else epochs
+        epochs = data.default_epochs if plan.epochs is None else plan.epochs
         size = data.default_image_size if image_size is None else image_size
-        fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                       "seed": seed, "image_size": size, "augment": augment, "model_config": model_config}
+        fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "seed": seed, "image_size": size,
+                       "augment": augment, "model_config": model_config, **plan.to_dict()}
         distributed = make_strategy(strategy)
         with distributed.scope() if distributed else contextlib.nullcontext():
             restored = load_checkpoint(checkpoints, fingerprint) if resume else None
@@ -84,7 +98,7 @@ def train(
                 )
                 if distributed:
                     model = synchronize_bn(model)
-                compile_classifier(model, lr, steps=epochs * steps_per_epoch(data.train, batch_size))
+                compile_with(model, plan, steps=epochs * steps_per_epoch(data.train, batch_size))
                 first_epoch, history = 0, {}
             else:
                 model, first_epoch, history = restored
@@ -97,6 +111,7 @@ def train(
             for split in (data.val, data.test)
         )
         checkpoint = EpochCheckpoint(checkpoints, fingerprint, history)
+        stopper = BestEpoch(patience=early_stopping, restore=keep_best, history=history)
         if first_epoch < epochs:
             model.fit(
                 train_ds,
@@ -106,8 +121,9 @@ def train(
                 steps_per_epoch=steps_per_epoch(data.train, batch_size),
                 shuffle=False,  # the pipeline shuffles, seeded per epoch; Keras cannot shuffle a tf.data.Dataset
                 verbose=verbose,
-                callbacks=[checkpoint],
+                callbacks=[stopper, checkpoint],
             )
+        stopper.finish(model)
         history = checkpoint.history
         write_history(staging / "history.csv", history)
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
@@ -121,8 +137,11 @@ def train(
             "val_accuracy": float(history["val_accuracy"][-1]),
             "params": int(model.count_params()),
             "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
+            "epochs_run": len(history["loss"]),
+            "best_epoch": stopper.best_epoch,
+            "kept": "best" if keep_best else "last",
+            "recipe": recipe,
+            **plan.to_dict(),
             "seed": seed,
             "augment": augment,
             "image_size": size,
@@ -151,19 +170,36 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
             writer.writerow([epoch, *values])
 
 
+class BestEpoch(keras.callbacks.Callback):
+    """Tracks the epoch with the best validation accuracy (over the whole run, resumed epochs included); stops
+    after `patience` epochs without improvement; `restore` puts the best epoch's weights back at the end."""
+
+    def __init__(self, *, patience: int | None, restore: bool, history: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.patience, self.restore = patience, restore
+        scores = history.get("val_accuracy", [])
+        self.best = max(scores) if scores else -1.0
+        self.best_epoch = scores.index(self.best) if scores else None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        score = float((logs or {}).get("val_accuracy", -1.0))
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch
+            if self.restore:
+                self.best_weights = self.model.get_weights()
+        elif self.patience is not None and self.best_epoch is not None and epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def finish(self, model: keras.Model) -> None:
+        if self.restore and self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
 def compile_classifier(model: keras.Model, lr: float, *, steps: int, from_logits: bool = True) -> None:
-    """Adam (linear warm-up from lr/10 to `lr` over 10 % of the steps, then cosine decay to 0), sparse
-    cross-entropy on logits (or probabilities), accuracy. The warm-up keeps the first steps from outrunning BN's
-    statistics."""
-    warmup = steps // 10
-    schedule = keras.optimizers.schedules.CosineDecay(
-        lr / 10, decay_steps=steps - warmup, warmup_target=lr, warmup_steps=warmup
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=["accuracy"],
-    )
+    """zoo's default recipe (Adam, linear warm-up from lr/10 over 10 % of the steps, then cosine decay to 0) at
+    `lr`. The warm-up keeps the first steps from outrunning BN's statistics."""
+    compile_with(model, DEFAULT.with_overrides(lr=lr), steps=steps, from_logits=from_logits)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
