@@ -190,7 +190,7 @@ def _parse_input(entry: dict, spec: TensorSpec, binary: bytes, offset: int) -> t
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
-            raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of "
+            raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
                                 f"{datatype} needs {count * dtype.itemsize}")
         if offset + size > len(binary):
             raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the binary data "

@@ -17,6 +17,7 @@ import threading
 from zoo.errors import ZooError
 
 GRACEFUL_SHUTDOWN_S = 10
+BACKLOG = 2048  # uvicorn's default
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -31,6 +32,7 @@ def open_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may bind over TIME_WAIT
         sock.bind(address)
+        sock.listen(BACKLOG)  # connections queue from now on, so the start line is true as soon as it is printed
     except OSError as e:
         sock.close()
         reason = "the port is already in use; stop the other server or choose another --port" \
@@ -48,7 +50,7 @@ def bound_url(sock: socket.socket) -> str:
 def make_server(app, *, log_level: str = "warning", access_log: bool = False):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", backlog=BACKLOG,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     return uvicorn.Server(config)
 
