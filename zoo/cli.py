@@ -481,7 +481,7 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port (0: a free one, printed on start).")] = 8000,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works.")] = Device.auto,
     max_batch: Annotated[int, typer.Option(help="Dynamic batching: most rows stacked into one ONNX Runtime run (1: no batching).")] = 8,
-    batch_window_ms: Annotated[float, typer.Option(help="How long a batch that is not full waits for more requests.")] = 2.0,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a batch that is not full waits for more requests (0: it takes what is queued; batches still grow under load while ORT runs).")] = 0.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted (larger: HTTP 413).")] = 64.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")] = False,
 ) -> None:

@@ -33,7 +33,7 @@ PARSE_IN_THREAD_BYTES = 2**20  # bigger bodies are parsed off the event loop
 
 
 def create_app(model_path: Path | str, *, name: str | None = None, device: str = "auto", max_batch: int = 8,
-               batch_window_ms: float = 2.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               batch_window_ms: float = 0.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                model: ServedModel | None = None) -> Starlette:
     """The server for the ONNX model at `model_path` (or an already loaded `model`).
 
