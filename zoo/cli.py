@@ -401,6 +401,8 @@ def export_command(
         onnx = onnx or triton is not None
         if triton is not None and triton.exists() and not triton.is_dir():
             raise ZooError(f"--triton {triton} is a file; give a folder for the Triton model repository")
+        if triton_max_batch < 0:
+            raise ZooError(f"--triton-max-batch {triton_max_batch} must be 0 (no batching) or more")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
                               metadata=source.metadata)
