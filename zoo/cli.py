@@ -424,6 +424,11 @@ def stylize(
                    f"after {steps} steps in {record['wall_time_s']:.1f} s; wrote {path}")
 
 
+class TritonKind(str, enum.Enum):
+    gpu = "gpu"
+    cpu = "cpu"
+
+
 @app.command("export")
 def export_command(
     src: Annotated[Path, typer.Argument(help="A run directory (with model.keras) or any .keras file.")],
@@ -437,17 +442,27 @@ def export_command(
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Check every written format against the original.")] = True,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for the parity check.")] = Device.auto,
     size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
+    triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here: REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (implies --onnx).")] = None,
+    triton_name: Annotated[Optional[str], typer.Option(help="Model name in the Triton repository (default: the run's or file's name, sanitised).")] = None,
+    triton_max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching).")] = 8,
+    triton_kind: Annotated[TritonKind, typer.Option(help="Triton instance_group kind.")] = TritonKind.gpu,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table."""
     with user_errors():
         _quiet_tensorflow()
         import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
         from export.pipeline import export_model
+        from zoo.errors import ZooError
 
         sizes = _parse_sizes(size)
         from zoo.runs import resolve_source
 
         source = resolve_source(src)
+        onnx = onnx or triton is not None
+        if triton is not None and triton.exists() and not triton.is_dir():
+            raise ZooError(f"--triton {triton} is a file; give a folder for the Triton model repository")
+        if triton_max_batch < 0:
+            raise ZooError(f"--triton-max-batch {triton_max_batch} must be 0 (no batching) or more")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
                               metadata=source.metadata, parity_sizes=sizes if parity else None)
@@ -460,6 +475,14 @@ def export_command(
 
             _print_parity(result.directory, device=device.value, atol=1e-5, rtol=1e-5,
                           json_path=result.directory / PARITY_REPORT, sizes=sizes)
+        if triton is not None:
+            from export.artifacts import ONNX
+            from export.triton import write_triton_repository
+
+            name = triton_name or (src.name if src.is_dir() else src.stem)
+            model_dir = write_triton_repository(result.directory / ONNX, triton, name,
+                                                max_batch_size=triton_max_batch, instance_kind=triton_kind.value)
+            typer.echo(f"wrote Triton model {model_dir.name!r}: {model_dir}/config.pbtxt, {model_dir}/1/model.onnx")
 
 
 @app.command("parity")
@@ -510,6 +533,59 @@ def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, jso
     if not report.passed:
         typer.echo(f"error: parity FAILED at atol={atol:g} rtol={rtol:g}", err=True)
         raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to serve (e.g. runs/cnn_bn/export/model.onnx).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name in the URLs (default: the run's or file's name).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default is loopback only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: a free one, printed on start).")] = 8000,
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works.")] = Device.auto,
+    max_batch: Annotated[int, typer.Option(help="Dynamic batching: most rows stacked into one ONNX Runtime run (1: no batching).")] = 8,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a batch that is not full waits for more requests (0: it takes what is queued; batches still grow under load while ORT runs).")] = 0.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted (larger: HTTP 413).")] = 64.0,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")] = False,
+) -> None:
+    """Serve an ONNX model over the KServe v2 / Open Inference Protocol REST API (Triton-compatible clients work)."""
+    with user_errors():
+        from zoo.errors import ZooError
+
+        if max_batch < 1:
+            raise ZooError(f"--max-batch {max_batch} must be at least 1 (1: no batching)")
+        if not max_body_mb > 0:
+            raise ZooError(f"--max-body-mb {max_body_mb} must be positive")
+        if batch_window_ms < 0:
+            raise ZooError(f"--batch-window-ms {batch_window_ms} must be 0 or more")
+        model = model.expanduser()
+        if not model.is_file():
+            raise ZooError(f"model {model} does not exist; pass an .onnx file (e.g. from `zoo export --onnx`)")
+        if model.suffix != ".onnx":
+            raise ZooError(f"model {model} is not an .onnx file; export one with `zoo export SRC --onnx`")
+        from zoo.serving import server
+
+        sock = server.open_socket(host, port)
+        with contextlib.closing(sock):
+            from export.runtimes import CPU, cuda_unavailable_reason
+            from zoo.serving.app import create_app
+
+            app_ = create_app(model, name=name, device=device.value, max_batch=max_batch,
+                              batch_window_ms=batch_window_ms, max_body_bytes=int(max_body_mb * 2**20))
+            served = app_.state.model
+            note = ""
+            if served.providers[0] == CPU and device is Device.auto:
+                note = f" (CUDA not used: {cuda_unavailable_reason()})"
+            batching = (f"dynamic batching up to {app_.state.batcher.max_batch} rows"
+                        if app_.state.batcher.max_batch > 1 else "no batching")
+            typer.echo(f"serving {served.spec.name} ({model}) on {server.bound_url(sock)} with onnxruntime "
+                       f"providers: {', '.join(served.providers)}{note}; {batching}")
+            typer.echo(f"  KServe v2: {server.bound_url(sock)}/v2/models/{served.spec.name}/infer; Ctrl-C stops")
+            sys.stdout.flush()
+            stopped_by = server.run(app_, sock, log_level="info" if access_log else "warning",
+                                    access_log=access_log)
+            stats = app_.state.batcher.stats.to_dict()
+            typer.echo(f"stopped{f' on {stopped_by}' if stopped_by else ''} after {stats['requests']} requests "
+                       f"in {stats['runs']} ONNX Runtime runs")
 
 
 def main() -> None:  # pragma: no cover - `python -m zoo.cli`

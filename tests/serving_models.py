@@ -1,0 +1,34 @@
+"""Small models for the serving and Triton tests, built in the test run (no downloads, a few seconds)."""
+
+from pathlib import Path
+
+
+def two_input_conv_bn():
+    """image (N,8,8,2) + extra (N,3) -> logits (N,5), embedding (N,2): conv→BN→ReLU→pool, concat, two Dense heads.
+    Two inputs and two outputs, so missing inputs and output selection can be tested."""
+    import keras
+
+    from tests.helpers import randomize_bn
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 2), name="image")
+    extra = keras.Input((3,), name="extra")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(image)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Concatenate(name="concat")([x, extra])
+    logits = keras.layers.Dense(5, name="logits")(x)
+    embedding = keras.layers.Dense(2, name="embedding")(x)
+    model = keras.Model([image, extra], [logits, embedding], name="two_input_conv_bn")
+    randomize_bn(model)
+    return model
+
+
+def export_two_input_model(directory: Path) -> Path:
+    """The model above, BN folded, as `directory/model.onnx`."""
+    from export.fold_bn import fold_batchnorm
+    from export.onnx import export_onnx
+
+    folded, _ = fold_batchnorm(two_input_conv_bn())
+    return export_onnx(folded, Path(directory) / "model.onnx")

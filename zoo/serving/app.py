@@ -1,0 +1,152 @@
+"""The ASGI app of `zoo serve`: KServe v2 / Open Inference Protocol REST endpoints over one ONNX model.
+
+    GET  /v2                                  server metadata
+    GET  /v2/health/live, /v2/health/ready    liveness, readiness (ready once the batcher runs)
+    GET  /v2/models/NAME[/versions/1]         model metadata
+    GET  /v2/models/NAME[/versions/1]/ready   model readiness
+    POST /v2/models/NAME[/versions/1]/infer   inference (JSON, or JSON + binary tensor data)
+
+Every error is a JSON body {"error": "..."}: 400 for a request that does not fit the model, 404 for an unknown
+model, version or path, 413 for a body over the limit, 503 while shutting down, 500 when ONNX Runtime fails.
+`create_app` loads the model once and returns a Starlette app; tests use it in-process, the CLI runs it with
+uvicorn (zoo/serving/server.py). The dynamic batcher starts and stops with the app's lifespan.
+"""
+from __future__ import annotations
+
+import contextlib
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from export.errors import first_line
+from zoo.serving.batcher import DynamicBatcher, ServerStopping
+from zoo.serving.model import ServedModel
+from zoo.serving.protocol import HEADER_LENGTH, ProtocolError, encode_infer_response, parse_infer_request
+
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+PARSE_IN_THREAD_BYTES = 2**20  # bigger bodies are parsed off the event loop
+
+
+def create_app(model_path: Path | str, *, name: str | None = None, device: str = "auto", max_batch: int = 8,
+               batch_window_ms: float = 0.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               model: ServedModel | None = None) -> Starlette:
+    """The server for the ONNX model at `model_path` (or an already loaded `model`).
+
+    `max_batch`: most rows stacked into one ORT run (1: every request alone; forced to 1 for a model whose
+    leading dims are not all dynamic). `batch_window_ms`: how long a batch that is not full waits for more."""
+    served = model or ServedModel(model_path, name=name, device=device)
+    spec = served.spec
+    batcher = DynamicBatcher(served, max_batch=max_batch if spec.batchable else 1,
+                             window_s=batch_window_ms / 1000)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    def check_model(request: Request) -> None:
+        model_name = request.path_params["model"]
+        if model_name != spec.name:
+            raise ProtocolError(f"unknown model {model_name!r}; this server serves {spec.name!r}", 404)
+        version = request.path_params.get("version")
+        if version is not None and version != spec.version:
+            raise ProtocolError(f"model {spec.name!r} has no version {version!r}; it has {spec.version!r}", 404)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "zoo", "version": _version(), "extensions": ["binary_tensor_data"]})
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": batcher.running}, status_code=200 if batcher.running else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        check_model(request)
+        return JSONResponse(spec.metadata())
+
+    async def model_ready(request: Request) -> Response:
+        check_model(request)
+        return JSONResponse({"name": spec.name, "ready": batcher.running},
+                            status_code=200 if batcher.running else 503)
+
+    async def infer(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        check_model(request)
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            raise ProtocolError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported; "
+                                f"send the request uncompressed")
+        body = await _read_body(request, max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            parsed = await run_in_threadpool(parse_infer_request, body, spec, header_length)
+        else:
+            parsed = parse_infer_request(body, spec, header_length)
+        try:
+            results = await batcher.infer(parsed.inputs, parsed.rows)
+        except ServerStopping as e:
+            raise ProtocolError(str(e), 503) from None
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's failure on a valid request: the server's fault
+            return JSONResponse({"error": f"inference failed: {first_line(e)}"}, status_code=500)
+        content, headers = encode_infer_response(spec, parsed, results)
+        media = "application/octet-stream" if HEADER_LENGTH in headers else "application/json"
+        return Response(content, media_type=media, headers=headers)
+
+    async def protocol_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProtocolError)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    model_routes = []
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        model_routes += [Route(prefix, model_metadata, methods=["GET"]),
+                         Route(prefix + "/ready", model_ready, methods=["GET"]),
+                         Route(prefix + "/infer", infer, methods=["POST"])]
+    app = Starlette(
+        routes=[Route("/v2", server_metadata, methods=["GET"]),
+                Route("/v2/health/live", live, methods=["GET"]),
+                Route("/v2/health/ready", ready, methods=["GET"]),
+                *model_routes],
+        exception_handlers={ProtocolError: protocol_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.model = served
+    app.state.batcher = batcher
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes (from Content-Length
+    before reading anything, else while streaming), so an oversized upload is never held in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes "
+                            f"(zoo serve --max-body-mb)", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"request body exceeds the limit of {limit} bytes (zoo serve --max-body-mb)", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("zoo")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+

@@ -1,0 +1,63 @@
+"""The model a server serves: an ONNX Runtime session (export.runtimes.OrtRunner) and its protocol signature.
+
+The signature is the one the runner accepts: for an `--nchw` export OrtRunner takes NHWC tensors and transposes
+them itself, so the server describes (and validates) NHWC shapes, like every other zoo runtime.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.tensor_types import from_ort
+from export.triton import sanitize_model_name
+from zoo.errors import ZooError
+from zoo.serving.protocol import ModelSpec, TensorSpec
+
+NHWC_FROM_NCHW = (0, 2, 3, 1)
+
+
+class ServedModel:
+    """`model(feeds) -> {output name: array}`, plus `.spec` (protocol signature), `.providers` and `.detail`."""
+
+    def __init__(self, path: Path | str, *, name: str | None = None, device: str = "auto") -> None:
+        from export.onnx import onnx_layout
+        from export.runtimes import OrtRunner
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ZooError(f"model {path} does not exist; pass an .onnx file (e.g. from `zoo export --onnx`)")
+        if path.suffix != ".onnx":
+            raise ZooError(f"model {path} is not an .onnx file; `zoo serve` serves ONNX models (zoo export --onnx)")
+        self.path = path
+        self.runner = OrtRunner(path, device=device)
+        session = self.runner.session
+        _, nchw_outputs = onnx_layout(session.get_modelmeta().custom_metadata_map)
+        inputs = tuple(TensorSpec(i.name, from_ort(i.type), _dims(self.runner.input_shapes[i.name]))
+                       for i in session.get_inputs())
+        outputs = []
+        for o in session.get_outputs():
+            dims = _dims(o.shape)
+            if o.name in nchw_outputs and len(dims) == 4:
+                dims = tuple(dims[axis] for axis in NHWC_FROM_NCHW)
+            outputs.append(TensorSpec(o.name, from_ort(o.type), dims))
+        self.spec = ModelSpec(name or model_name(path), inputs, tuple(outputs))
+        self.providers: list[str] = session.get_providers()
+        self.detail = self.runner.detail
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner(feeds)
+
+
+def model_name(path: Path) -> str:
+    """A URL- and Triton-safe model name from a file name: `runs/cnn_bn/export/model.onnx` -> `cnn_bn` (the run's
+    name when the file is an export's model.onnx), `my net.onnx` -> `my_net`."""
+    stem = path.stem
+    if stem == "model" and path.parent.name == "export" and path.parent.parent.name:
+        stem = path.parent.parent.name
+    return sanitize_model_name(stem)
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
