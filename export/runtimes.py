@@ -133,7 +133,8 @@ class OrtRunner:
                              for n, d in dims.items()}
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
         off = f", optimizers off: {', '.join(disabled_optimizers)}" if disabled_optimizers else ""
-        self.detail = f"onnxruntime {ort.__version__}, providers: {', '.join(made.providers)}{layout}{off}"
+        half = ", float16 weights" if self.precision == "float16" else ""
+        self.detail = f"onnxruntime {ort.__version__}{half}, providers: {', '.join(made.providers)}{layout}{off}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self._model_inputs(feeds)

@@ -377,6 +377,7 @@ def export_command(
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Check every written format against the original.")] = True,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for the parity check.")] = Device.auto,
     size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write model_fp16.onnx: float16 weights and compute, float32 inputs/outputs, converted after folding; parity at atol = rtol = 1e-3.")] = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table."""
     with user_errors():
@@ -390,9 +391,11 @@ def export_command(
         source = resolve_source(src)
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
-                              metadata=source.metadata)
+                              metadata=source.metadata, fp16=fp16)
         if result.fold_report is not None:
             typer.echo(result.fold_report.summary())
+        if result.fp16_report is not None:
+            typer.echo(result.fp16_report.summary())
         for path in result.written:
             typer.echo(f"wrote {path}")
         if parity:
@@ -450,6 +453,38 @@ def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, jso
     if not report.passed:
         typer.echo(f"error: parity FAILED at atol={atol:g} rtol={rtol:g}", err=True)
         raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench_command(
+    model: Annotated[Path, typer.Argument(help="An export directory, a run directory, or a .keras file (exported to a temporary directory first, float16 ONNX included).")],
+    runtimes: Annotated[Optional[str], typer.Option(help="Comma-separated, from keras, savedmodel, onnx, onnx-fp16, tflite (default: every one the export holds); keras, the baseline, is always measured.")] = None,
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works; cuda fails when it does not.")] = Device.auto,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per runtime and batch first.")] = 5,
+    runs: Annotated[int, typer.Option(help="Timed runs per runtime and batch.")] = 50,
+    size: Annotated[Optional[str], typer.Option(help="Image size HxW for models with dynamic H×W (default 32x32).")] = None,
+    io_binding: Annotated[bool, typer.Option("--io-binding/--no-io-binding", help="ONNX Runtime: inputs and outputs bound on the session's device (no host copies in the timed runs).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Latency (cold start, p50/p90/p99), throughput and ratio to Keras of every runtime at every batch size."""
+    with user_errors():
+        from export.bench import parse_batches, parse_runtimes
+
+        names, batches = parse_runtimes(runtimes), parse_batches(batch)
+        spatial = _parse_sizes([size])[0] if size else None
+        _quiet_tensorflow()
+        import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
+        from export.bench import run_bench
+        from zoo.runs import resolve_export_dir
+
+        with resolve_export_dir(model, fp16=True) as directory:
+            report = run_bench(directory, runtimes=names, batches=batches, device=device.value, warmup=warmup,
+                               runs=runs, size=spatial, io_binding=io_binding, model_name=str(model),
+                               log=lambda message: typer.echo(message, err=True))
+        typer.echo(report.table())
+        if json_path is not None:
+            typer.echo(f"wrote {report.write_json(json_path)}")
 
 
 def main() -> None:  # pragma: no cover - `python -m zoo.cli`
