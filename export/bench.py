@@ -127,11 +127,9 @@ def run_bench(
 
     `runtimes`: from RUNTIMES (None: all the export holds); the baseline (Keras) is always measured. `size`: H×W
     for models with dynamic spatial dims (default 32×32, as parity). `device`: where ONNX Runtime runs."""
-    from export.ort_session import DEVICES, cuda_unavailable_reason
     from export.parity import PRIMARY_SPATIAL, make_inputs
 
-    if device not in DEVICES:
-        raise ExportError(f"unknown device {device!r}: use auto, cpu or cuda")
+    check_device(device)
     if runs < 1 or warmup < 0:
         raise ExportError(f"--runs must be ≥ 1 and --warmup ≥ 0 (got {runs} and {warmup})")
     if not batches or any(int(b) < 1 for b in batches):
@@ -155,8 +153,6 @@ def run_bench(
         if BASELINE not in names:
             notes.append(f"{BASELINE} measured as the baseline although not requested")
     names = [BASELINE] + [n for n in names if n != BASELINE]
-    if device == "cuda" and any(n.startswith("onnx") for n in names) and (reason := cuda_unavailable_reason()):
-        raise ExportError(f"CUDA execution provider is not usable here: {reason}")
 
     _import_libraries(names)
     loaders = {n: _loader(n, found[ARTIFACT_OF[n]], device=device, io_binding=io_binding) for n in names}
@@ -199,6 +195,16 @@ def run_bench(
                 "size": list(spatial) if spatial else None, "io_binding": io_binding}
     return BenchReport(model=model_name or str(export_dir), input_shape=input_shape, rows=rows, runtimes=details,
                        settings=settings, notes=list(dict.fromkeys(notes)))
+
+
+def check_device(device: str) -> None:
+    """An unknown device, or device "cuda" where CUDA cannot run, is an ExportError before anything is loaded."""
+    from export.ort_session import DEVICES, cuda_unavailable_reason
+
+    if device not in DEVICES:
+        raise ExportError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device == "cuda" and (reason := cuda_unavailable_reason()):
+        raise ExportError(f"CUDA execution provider is not usable here: {reason}")
 
 
 def environment() -> dict[str, Any]:

@@ -469,10 +469,11 @@ def bench_command(
 ) -> None:
     """Latency (cold start, p50/p90/p99), throughput and ratio to Keras of every runtime at every batch size."""
     with user_errors():
-        from export.bench import parse_batches, parse_runtimes
+        from export.bench import check_device, parse_batches, parse_runtimes
 
         names, batches = parse_runtimes(runtimes), parse_batches(batch)
         spatial = _parse_sizes([size])[0] if size else None
+        check_device(device.value)  # before a .keras is exported
         _quiet_tensorflow()
         import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
         from export.bench import run_bench
