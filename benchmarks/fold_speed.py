@@ -22,10 +22,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from export.timing import paired_ratios, summarize, time_interleaved  # noqa: E402
 from tests.helpers import randomize_bn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "fold_speed.json"
@@ -105,19 +104,11 @@ SIZED = ("resnet50", "resnet50v2", "mobilenetv2", "dncnn")  # built for the --si
 
 
 def ort_session(path: Path, level: str, threads: int, spin: bool = True):
-    import onnxruntime as ort
+    from export.ort_session import make_session
 
-    options = ort.SessionOptions()
-    if not spin:  # idle worker threads sleep instead of spinning (see --spin)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    made = make_session(path, device="cpu", graph_optimization=level, threads=threads, allow_spinning=spin)
+    name = made.session.get_inputs()[0].name
+    return lambda x: made.session.run(None, {name: x})
 
 
 def savedmodel_function(path: Path):
@@ -161,28 +152,13 @@ def grappler_ops(path: Path) -> Counter:
 
 
 def time_pair(unfolded, folded, x, *, runs: int, warmup: int) -> dict:
-    """Alternate the two callables (ABBA order) after warm-up; per-variant times in ms and per-pair ratios."""
-    calls = {"unfolded": unfolded, "folded": folded}
-    for _ in range(warmup):
-        unfolded(x)
-        folded(x)
-    times = {"unfolded": [], "folded": []}
-    for i in range(runs):
-        for key in (("unfolded", "folded") if i % 2 == 0 else ("folded", "unfolded")):
-            start = time.perf_counter()
-            calls[key](x)
-            times[key].append((time.perf_counter() - start) * 1e3)
-    ratios = [u / f for u, f in zip(times["unfolded"], times["folded"])]
-    result = {key: _stats(values) for key, values in times.items()}
+    """Alternate the two callables (ABBA order) after warm-up; per-variant times in ms and per-pair ratios
+    (export/timing.py: the method `zoo bench` uses too)."""
+    times = time_interleaved({"unfolded": lambda: unfolded(x), "folded": lambda: folded(x)}, runs=runs, warmup=warmup)
+    result = {key: summarize(values) for key, values in times.items()}
     result["ratio"] = result["unfolded"]["p50"] / result["folded"]["p50"]
-    result["paired_ratio"] = _stats(ratios)
+    result["paired_ratio"] = paired_ratios(times, "folded")["unfolded"]
     return result
-
-
-def _stats(values: list[float]) -> dict:
-    q = np.percentile(values, [10, 25, 50, 75, 90])
-    return {"p10": q[0], "p25": q[1], "p50": q[2], "p75": q[3], "p90": q[4], "min": min(values),
-            "mean": statistics.fmean(values), "runs": len(values)}
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,25 +27,17 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks.fold_speed import _stats, environment, ort_session, savedmodel_function  # noqa: E402
+from benchmarks.fold_speed import environment, ort_session, savedmodel_function  # noqa: E402
+from export.timing import summarize, time_interleaved  # noqa: E402
 from tests.helpers import randomize_bn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stylize_speed.json"
 
 
 def time_calls(calls: dict, x, *, runs: int, warmup: int) -> dict:
-    """Round-robin over the callables (rotating the order each round) after warm-up; ms per call."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call(x)
-    names = list(calls)
-    times = {name: [] for name in names}
-    for i in range(runs):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            start = time.perf_counter()
-            calls[name](x)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: _stats(values) for name, values in times.items()}
+    """Round-robin over the callables (rotating the order each round) after warm-up; ms per call (export/timing.py)."""
+    times = time_interleaved({name: (lambda call=call: call(x)) for name, call in calls.items()}, runs=runs, warmup=warmup)
+    return {name: summarize(values) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
     model_folded.keras   BatchNorm folded (export/fold_bn.py)
     saved_model/         SavedModel, signature serving_default
     model.onnx           ONNX
+    model_fp16.onnx      ONNX with float16 weights and compute, float32 inputs/outputs (export/fp16.py)
     model.tflite         TFLite
     fold_report.json     what folding did
     parity.json          the last parity report
@@ -27,11 +28,12 @@ ORIGINAL = "model.keras"
 FOLDED = "model_folded.keras"
 SAVEDMODEL = "saved_model"
 ONNX = "model.onnx"
+ONNX_FP16 = "model_fp16.onnx"
 TFLITE = "model.tflite"
 FOLD_REPORT = "fold_report.json"
 PARITY_REPORT = "parity.json"
 
-ARTIFACTS = (ORIGINAL, FOLDED, SAVEDMODEL, ONNX, TFLITE)
+ARTIFACTS = (ORIGINAL, FOLDED, SAVEDMODEL, ONNX, ONNX_FP16, TFLITE)
 
 
 def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
@@ -100,6 +102,12 @@ def runners_for(export_dir: Path | str, *, device: str = "auto",
             raise ExportError(f"CUDA execution provider is not usable here: {reason}")
         else:
             notes.append(f"ort-cuda skipped: {reason}")
+    if ONNX_FP16 in found:  # parity compares it at float16 tolerances (its runner's precision is "float16")
+        makers["ort-cpu-fp16"] = lambda: OrtRunner(found[ONNX_FP16], device="cpu", name="ort-cpu-fp16",
+                                                   disabled_optimizers=ort_disabled)
+        if device != "cpu" and cuda_unavailable_reason() is None:
+            makers["ort-cuda-fp16"] = lambda: OrtRunner(found[ONNX_FP16], device="cuda", name="ort-cuda-fp16",
+                                                        disabled_optimizers=ort_disabled)
     if TFLITE in found:
         makers["tflite"] = lambda: TFLiteRunner(found[TFLITE])
     return reference, [_build(name, make) for name, make in makers.items()], notes

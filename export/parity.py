@@ -5,17 +5,22 @@ alone misleads near zero, absolute error alone on large outputs. NaN/Inf in eith
 always fail. Per comparison we report max abs, max rel, the 99th-percentile abs error, the smallest tolerance that
 would have passed with atol = rtol = t (t = max |out − ref| / max(1, |ref|)), the failing count and, for
 classifier-like outputs (2-D, ≥ 2 classes), top-1 agreement (informative; it does not decide pass/fail).
+
+Tolerances are per runtime: a runner whose `precision` is "float16" (model_fp16.onnx) is compared at
+atol = rtol = 1e-3 (or the given tolerance, if larger), every other one at the given atol/rtol (1e-5 by default);
+each row and the report say which tolerance applied.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from export.errors import ExportError, first_line
+from export.fp16 import FP16_TOLERANCE
 from export.runtimes import Runner
 from export.signature import TensorInfo
 
@@ -126,6 +131,8 @@ class ParityRow:
     top1: float | None = None
     reason: str | None = None
     outputs: dict[str, dict] = field(default_factory=dict)
+    atol: float | None = None  # the tolerance this row was judged at
+    rtol: float | None = None
 
     @classmethod
     def from_outputs(cls, runtime: str, inputs: str, outputs: dict[str, dict]) -> ParityRow:
@@ -157,6 +164,7 @@ class ParityReport:
     rows: list[ParityRow]
     runtimes: dict[str, str]  # runtime name -> what actually ran (versions, ORT providers)
     notes: list[str] = field(default_factory=list)
+    tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # runtime -> (atol, rtol) if not the default
 
     @property
     def passed(self) -> bool:
@@ -170,6 +178,7 @@ class ParityReport:
                 "reference": self.reference,
                 "atol": self.atol,
                 "rtol": self.rtol,
+                "tolerances": {name: {"atol": a, "rtol": r} for name, (a, r) in self.tolerances.items()},
                 "runtimes": self.runtimes,
                 "notes": self.notes,
                 "rows": [vars(row) for row in self.rows],
@@ -196,7 +205,9 @@ class ParityReport:
         failed = sum(not row.passed for row in self.rows)
         lines.append(
             f"reference {self.reference}; an element fails only if it exceeds both atol={self.atol:g} and "
-            f"rtol={self.rtol:g}·|ref|; NaN/Inf always fail"
+            f"rtol={self.rtol:g}·|ref|"
+            + "".join(f"; {name}: atol={a:g} rtol={r:g}" for name, (a, r) in self.tolerances.items())
+            + "; NaN/Inf always fail"
         )
         lines.append(f"{'PASS' if self.passed else 'FAIL'}: {len(self.rows) - failed} of {len(self.rows)} checks passed")
         return "\n".join(lines)
@@ -210,16 +221,19 @@ def run_parity(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     notes: Sequence[str] = (),
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
 ) -> ParityReport:
     """Compare every candidate with the reference on every input set. A candidate that raises is a FAIL row with
-    the reason; a reference that raises is an ExportError (nothing can be compared)."""
+    the reason; a reference that raises is an ExportError (nothing can be compared). `tolerances` overrides
+    (atol, rtol) by runtime name; otherwise each runner gets `runtime_tolerance`."""
+    chosen = {runner.name: runtime_tolerance(runner, atol, rtol) for runner in candidates} | dict(tolerances or {})
     rows = []
     for label, feeds in input_sets:
         try:
             expected = reference(feeds)
         except Exception as e:
             raise ExportError(f"the reference runtime {reference.name} failed on {label}: {first_line(e)}") from e
-        rows += [_check(runner, label, feeds, expected, atol, rtol) for runner in candidates]
+        rows += [_check(runner, label, feeds, expected, *chosen[runner.name]) for runner in candidates]
     return ParityReport(
         reference=reference.name,
         atol=atol,
@@ -227,19 +241,31 @@ def run_parity(
         rows=rows,
         runtimes={runner.name: runner.detail for runner in (reference, *candidates)},
         notes=list(notes),
+        tolerances={name: tol for name, tol in chosen.items() if tol != (atol, rtol)},
     )
+
+
+def runtime_tolerance(runner: Runner, atol: float, rtol: float) -> tuple[float, float]:
+    """(atol, rtol) for one runner: at least FP16_TOLERANCE for a float16 model, the given ones otherwise."""
+    if getattr(runner, "precision", "float32") == "float16":
+        return max(atol, FP16_TOLERANCE), max(rtol, FP16_TOLERANCE)
+    return atol, rtol
 
 
 def _check(runner: Runner, label: str, feeds: dict, expected: dict, atol: float, rtol: float) -> ParityRow:
     try:
         actual = runner(feeds)
     except Exception as e:
-        return ParityRow(runner.name, label, passed=False, reason=f"{type(e).__name__}: {first_line(e)}")
+        return ParityRow(runner.name, label, passed=False, reason=f"{type(e).__name__}: {first_line(e)}",
+                         atol=atol, rtol=rtol)
     missing = [name for name in expected if name not in actual]
     if missing:
-        return ParityRow(runner.name, label, passed=False, reason=f"missing output(s) {missing}; has {sorted(actual)}")
+        return ParityRow(runner.name, label, passed=False, reason=f"missing output(s) {missing}; has {sorted(actual)}",
+                         atol=atol, rtol=rtol)
     outputs = {name: compare(ref, actual[name], atol=atol, rtol=rtol) for name, ref in expected.items()}
-    return ParityRow.from_outputs(runner.name, label, outputs)
+    row = ParityRow.from_outputs(runner.name, label, outputs)
+    row.atol, row.rtol = atol, rtol
+    return row
 
 
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -8,6 +8,7 @@ The export directory is written atomically as a whole (complete, or the previous
     saved_model/         SavedModel with a `serving_default` signature
     model.onnx           ONNX, dynamic batch (and H×W for fully convolutional models)
     model.onnx.data      the ONNX weights, for models too large for one protobuf (> 1.5 GiB of weights)
+    model_fp16.onnx      model.onnx converted to float16 weights and compute, float32 inputs/outputs (--fp16)
     model.tflite         TFLite
 """
 
@@ -18,9 +19,11 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
+from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
 from export.atomic import atomic_output
+from export.errors import ExportError
 from export.fold_bn import FoldReport, fold_batchnorm
+from export.fp16 import Fp16Report
 from export.loading import load_keras
 
 
@@ -29,6 +32,7 @@ class ExportResult:
     directory: Path
     written: list[Path] = field(default_factory=list)
     fold_report: FoldReport | None = None
+    fp16_report: Fp16Report | None = None
 
 
 def export_model(
@@ -44,15 +48,20 @@ def export_model(
     metadata: dict[str, str] | None = None,
     onnx_external_data: bool | None = None,
     parity_sizes: list[tuple[int, int]] | None = None,
+    fp16: bool = False,
 ) -> ExportResult:
     """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically).
 
     `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB).
-    `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written."""
-    from export.onnx import export_onnx
+    `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written.
+    `fp16`: also write model_fp16.onnx, converted from model.onnx (after folding, so the fold is done in float32)."""
+    from export.fp16 import convert_fp16
+    from export.onnx import EXTERNAL_DATA_SUFFIX, export_onnx
     from export.savedmodel import export_savedmodel
     from export.tflite import export_tflite
 
+    if fp16 and not onnx:
+        raise ExportError("--fp16 converts the ONNX model: add --onnx")
     src, out_dir = Path(src), Path(out_dir).expanduser()
     model = load_keras(src)
     if parity_sizes is not None:
@@ -76,6 +85,10 @@ def export_model(
             export_savedmodel(target, tmp / SAVEDMODEL)
         if onnx:
             export_onnx(target, tmp / ONNX, opset=opset, nchw=nchw, metadata=meta, external_data=onnx_external_data)
+        if fp16:
+            if (tmp / (ONNX + EXTERNAL_DATA_SUFFIX)).exists():
+                raise ExportError("--fp16 is not supported for models whose ONNX weights need external data (> 1.5 GiB)")
+            result.fp16_report = convert_fp16(tmp / ONNX, tmp / ONNX_FP16)
         if tflite:
             export_tflite(target, tmp / TFLITE, saved_model=tmp / SAVEDMODEL)
         if not savedmodel:
@@ -87,7 +100,7 @@ def export_model(
 def is_export_dir(directory: Path) -> bool:
     """Whether `directory` holds an export (a reference model and at least one exported format)."""
     found = find_artifacts(directory)
-    return ORIGINAL in found and any(k in found for k in (FOLDED, SAVEDMODEL, ONNX, TFLITE))
+    return ORIGINAL in found and any(k in found for k in (FOLDED, SAVEDMODEL, ONNX, ONNX_FP16, TFLITE))
 
 
 def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1e-5, rtol: float = 1e-5,

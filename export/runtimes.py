@@ -8,27 +8,29 @@ sorted), `input_shapes` ({input name: shape in the model's NHWC layout, None for
 
 ONNX Runtime never falls back silently here: the runner reports `session.get_providers()`, and device="cuda"
 raises ExportError when CUDA cannot run (onnxruntime-gpu lists CUDAExecutionProvider as "available" even on a
-machine without CUDA libraries, then logs an error and runs on CPU).
+machine without CUDA libraries, then logs an error and runs on CPU). Sessions come from export/ort_session.py.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
-import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from export.errors import ExportError, first_line
+from export.ort_session import (  # noqa: F401 - CUDA, CPU, cuda_available, cuda_unavailable_reason: re-exported
+    CPU,
+    CUDA,
+    bind,
+    cuda_available,
+    cuda_unavailable_reason,
+    make_session,
+    ort_device,
+    run_bound,
+)
 from export.savedmodel import SIGNATURE_KEY
 from export.signature import ModelSignature, describe
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 class Runner(Protocol):
@@ -94,38 +96,36 @@ class SavedModelRunner:
 
 
 class OrtRunner:
-    """ONNX Runtime on device "cpu", "cuda" (must run on CUDA or raise) or "auto" (CUDA when usable, else CPU).
+    """ONNX Runtime on device "cpu", "cuda" (must run on CUDA or raise) or "auto" (CUDA when usable, else CPU),
+    through the one session factory (export/ort_session.py).
 
     For an `nchw=True` export the runner takes the same NHWC feeds as every other runner and returns NHWC outputs,
-    transposing the tensors the model's metadata lists, so parity compares like with like.
+    transposing the tensors the model's metadata lists, so parity compares like with like. `io_binding=True` runs
+    through ORT's IO binding (inputs copied to the session's device, outputs bound there and copied back);
+    `bound(feeds)` keeps the inputs and outputs on the device for timing. `precision` is "float16" for a model
+    written by export/fp16.py (its metadata says so), else "float32".
     """
 
     def __init__(self, path: Path | str, *, device: str = "auto", name: str | None = None,
-                 disabled_optimizers: tuple[str, ...] = ()) -> None:
+                 disabled_optimizers: tuple[str, ...] = (), io_binding: bool = False, **session_options: Any) -> None:
         """`disabled_optimizers`: ORT graph rewrites to switch off by name (e.g. "Pad_Fusion", which changes
-        ResNet50V2's outputs by ~5e-3 in ORT 1.31 — an ORT bug, not an export one)."""
+        ResNet50V2's outputs by ~5e-3 in ORT 1.31 — an ORT bug, not an export one). `session_options`: further
+        `make_session` options (tensorrt, graph_optimization, threads, cudnn_conv_algo_search, allow_spinning)."""
         import onnxruntime as ort
 
+        from export.fp16 import PRECISION_KEY
         from export.onnx import onnx_layout
 
-        if device not in ("cpu", "cuda", "auto"):
-            raise ExportError(f"unknown ONNX Runtime device {device!r}: use cpu, cuda or auto")
-        if device == "cuda":
-            reason = cuda_unavailable_reason()
-            if reason:
-                raise ExportError(f"CUDA execution provider is not usable here: {reason}")
-        wants_cuda = device == "cuda" or (device == "auto" and cuda_available())
-        providers = [CUDA, CPU] if wants_cuda else [CPU]
-        try:
-            extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-            self.session = ort.InferenceSession(str(path), providers=providers, **extra)
-        except Exception as e:
-            raise ExportError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from e
-        in_use = self.session.get_providers()
-        if device == "cuda" and in_use[0] != CUDA:
-            raise ExportError(f"CUDA execution provider is not usable here: the session runs on {in_use[0]}")
-        self._nchw_inputs, self._nchw_outputs = onnx_layout(self.session.get_modelmeta().custom_metadata_map)
-        self.name = name or ("ort-cuda" if in_use[0] == CUDA else "ort-cpu")
+        made = make_session(path, device=device, disabled_optimizers=disabled_optimizers, **session_options)
+        self.session = made.session
+        self.providers = made.providers
+        self.fallback = made.fallback  # why "auto" is not on CUDA (None when it is, or when CPU was asked for)
+        self.io_binding = io_binding
+        self._device = ort_device(made.providers)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self._nchw_inputs, self._nchw_outputs = onnx_layout(metadata)
+        self.precision = metadata.get(PRECISION_KEY, "float32")
+        self.name = name or ("ort-cuda" if made.on_gpu else "ort-cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self.session.get_inputs()}
@@ -133,16 +133,27 @@ class OrtRunner:
                              for n, d in dims.items()}
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
         off = f", optimizers off: {', '.join(disabled_optimizers)}" if disabled_optimizers else ""
-        self.detail = f"onnxruntime {ort.__version__}, providers: {', '.join(in_use)}{layout}{off}"
+        half = ", float16 weights" if self.precision == "float16" else ""
+        self.detail = f"onnxruntime {ort.__version__}{half}, providers: {', '.join(made.providers)}{layout}{off}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {
-            n: np.transpose(feeds[n], (0, 3, 1, 2)) if n in self._nchw_inputs else feeds[n] for n in self.input_names
-        }
-        values = self.session.run(self.output_names, inputs)
+        inputs = self._model_inputs(feeds)
+        if self.io_binding:
+            values = run_bound(self.session, inputs, device=self._device)
+        else:
+            values = self.session.run(self.output_names, inputs)
         return {
             n: np.transpose(v, (0, 2, 3, 1)) if n in self._nchw_outputs else v
             for n, v in zip(self.output_names, values)
+        }
+
+    def bound(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+        """A call that runs on `feeds` copied to the session's device once, outputs left there (IO binding)."""
+        return bind(self.session, self._model_inputs(feeds), device=self._device)
+
+    def _model_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            n: np.transpose(feeds[n], (0, 3, 1, 2)) if n in self._nchw_inputs else feeds[n] for n in self.input_names
         }
 
 
@@ -181,78 +192,3 @@ def _tflite_interpreter() -> tuple[type, str]:
 
         return tf.lite.Interpreter, f"tf.lite.Interpreter (TensorFlow {tf.__version__}; ai-edge-litert not installed)"
     return Interpreter, f"ai-edge-litert {version}"
-
-
-def cuda_available() -> bool:
-    """True when ONNX Runtime can really create and run a session on the CUDA execution provider."""
-    return cuda_unavailable_reason() is None
-
-
-@functools.cache
-def cuda_unavailable_reason() -> str | None:
-    """Why ONNX Runtime cannot run on CUDA here (None when it can), found by running a one-node model with
-    CPU fallback disabled. ORT reports the real cause (a missing libcublas…) only on the process' stderr, so that
-    is captured while probing. Cached: the answer does not change within a process."""
-    import onnxruntime as ort
-
-    if CUDA not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no CUDA execution provider (install onnxruntime-gpu)"
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    with _captured_process_output() as captured:
-        if hasattr(ort, "preload_dlls"):  # loads CUDA/cuDNN from the nvidia-* wheels when they are installed
-            with contextlib.suppress(Exception):
-                ort.preload_dlls()
-        try:
-            session = ort.InferenceSession(_probe_model(), options, providers=[CUDA])
-            session.run(None, {"x": np.ones((1,), np.float32)})
-            return None
-        except Exception as e:
-            error = first_line(e)
-    return _load_failure(captured.getvalue()) or error
-
-
-def _probe_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "cuda_probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _load_failure(log: str) -> str | None:
-    """The useful part of ORT's provider-loading log, e.g. 'libcublasLt.so.13: cannot open shared object file'."""
-    for line in log.splitlines():
-        if "with error: " in line:
-            return line.split("with error: ", 1)[1].strip()
-    for line in log.splitlines():
-        if "Failed to create CUDAExecutionProvider" in line:
-            return line[line.index("Failed to create") :].split(" Please install")[0].strip()
-    return None
-
-
-@contextlib.contextmanager
-def _captured_process_output() -> Iterator[io.StringIO]:
-    """Capture what native code writes to file descriptors 1 and 2 (and Python's sys.stdout/stderr) meanwhile."""
-    import sys
-
-    captured = io.StringIO()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                yield captured
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            captured.write(sink.read().decode(errors="replace"))

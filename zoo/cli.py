@@ -446,6 +446,7 @@ def export_command(
     triton_name: Annotated[Optional[str], typer.Option(help="Model name in the Triton repository (default: the run's or file's name, sanitised).")] = None,
     triton_max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching).")] = 8,
     triton_kind: Annotated[TritonKind, typer.Option(help="Triton instance_group kind.")] = TritonKind.gpu,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write model_fp16.onnx: float16 weights and compute, float32 inputs/outputs, converted after folding; parity at atol = rtol = 1e-3.")] = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table."""
     with user_errors():
@@ -465,9 +466,11 @@ def export_command(
             raise ZooError(f"--triton-max-batch {triton_max_batch} must be 0 (no batching) or more")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
-                              metadata=source.metadata, parity_sizes=sizes if parity else None)
+                              metadata=source.metadata, parity_sizes=sizes if parity else None, fp16=fp16)
         if result.fold_report is not None:
             typer.echo(result.fold_report.summary())
+        if result.fp16_report is not None:
+            typer.echo(result.fp16_report.summary())
         for path in result.written:
             typer.echo(f"wrote {path}")
         if parity:
@@ -586,6 +589,39 @@ def serve_command(
             stats = app_.state.batcher.stats.to_dict()
             typer.echo(f"stopped{f' on {stopped_by}' if stopped_by else ''} after {stats['requests']} requests "
                        f"in {stats['runs']} ONNX Runtime runs")
+
+
+@app.command("bench")
+def bench_command(
+    model: Annotated[Path, typer.Argument(help="An export directory, a run directory, or a .keras file (exported to a temporary directory first, float16 ONNX included).")],
+    runtimes: Annotated[Optional[str], typer.Option(help="Comma-separated, from keras, savedmodel, onnx, onnx-fp16, tflite (default: every one the export holds); keras, the baseline, is always measured.")] = None,
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    device: Annotated[Device, typer.Option(help="ONNX Runtime device: auto uses CUDA only when it really works; cuda fails when it does not.")] = Device.auto,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per runtime and batch first.")] = 5,
+    runs: Annotated[int, typer.Option(help="Timed runs per runtime and batch.")] = 50,
+    size: Annotated[Optional[str], typer.Option(help="Image size HxW for models with dynamic H×W (default 32x32).")] = None,
+    io_binding: Annotated[bool, typer.Option("--io-binding/--no-io-binding", help="ONNX Runtime: inputs and outputs bound on the session's device (no host copies in the timed runs).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Latency (cold start, p50/p90/p99), throughput and ratio to Keras of every runtime at every batch size."""
+    with user_errors():
+        from export.bench import check_device, parse_batches, parse_runtimes
+
+        names, batches = parse_runtimes(runtimes), parse_batches(batch)
+        spatial = _parse_sizes([size])[0] if size else None
+        check_device(device.value)  # before a .keras is exported
+        _quiet_tensorflow()
+        import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
+        from export.bench import run_bench
+        from zoo.runs import resolve_export_dir
+
+        with resolve_export_dir(model, fp16=True) as directory:
+            report = run_bench(directory, runtimes=names, batches=batches, device=device.value, warmup=warmup,
+                               runs=runs, size=spatial, io_binding=io_binding, model_name=str(model),
+                               log=lambda message: typer.echo(message, err=True))
+        typer.echo(report.table())
+        if json_path is not None:
+            typer.echo(f"wrote {report.write_json(json_path)}")
 
 
 def main() -> None:  # pragma: no cover - `python -m zoo.cli`

@@ -50,8 +50,9 @@ def _run_metadata(run_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def resolve_export_dir(src: Path) -> Iterator[Path]:
-    """The export directory to check: SRC itself, SRC/export, or a temporary full export of a `.keras` file."""
+def resolve_export_dir(src: Path, *, fp16: bool = False) -> Iterator[Path]:
+    """The export directory to check: SRC itself, SRC/export, or a temporary full export of a `.keras` file
+    (with model_fp16.onnx too when `fp16`)."""
     from export.pipeline import export_model, is_export_dir
 
     src = Path(src).expanduser()
@@ -63,5 +64,5 @@ def resolve_export_dir(src: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="zoo-parity-") as tmp:
         directory = Path(tmp) / "export"
         export_model(source.keras_path, directory, fold_bn=True, onnx=True, savedmodel=True, tflite=True,
-                     metadata=source.metadata)
+                     metadata=source.metadata, fp16=fp16)
         yield directory

@@ -1,0 +1,143 @@
+"""The one ONNX Runtime session factory: honest provider reporting, a loud CUDA failure, the options reaching ORT,
+IO binding and warm-up. CPU only: on a machine with CUDA the CUDA branches check that CUDA really runs."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from export.errors import ExportError
+from export.ort_session import (
+    CPU,
+    CUDA,
+    bind,
+    cuda_available,
+    cuda_unavailable_reason,
+    make_session,
+    run_bound,
+    sample_feeds,
+    warm_up,
+)
+from export.runtimes import OrtRunner
+
+
+W = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+B = np.random.default_rng(1).normal(size=3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """y = relu(x · W + B) with a dynamic batch: small, but with something for the optimisers to fuse."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], W.ravel().tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [3], B.tolist())
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["z"]),
+             helper.make_node("Relu", ["z"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("ort") / "tiny.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def expected(x):
+    return np.maximum(x @ W + B, 0)
+
+
+X = np.random.default_rng(1).random((5, 4), dtype=np.float32)
+
+
+def test_cpu_session_reports_the_cpu_provider(model_path):
+    made = make_session(model_path, device="cpu")
+    assert made.providers == [CPU] == made.session.get_providers()
+    assert made.fallback is None and not made.on_gpu
+    np.testing.assert_allclose(made.session.run(None, {"x": X})[0], expected(X), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_reports_what_it_really_runs_on(model_path):
+    made = make_session(model_path, device="auto")
+    assert made.providers == made.session.get_providers()
+    if cuda_available():
+        assert made.providers[0] == CUDA and made.fallback is None
+    else:
+        assert made.providers == [CPU]
+        assert made.fallback == f"CUDA not usable, running on CPU: {cuda_unavailable_reason()}"
+        assert made.describe() == f"providers: {CPU} ({made.fallback})"
+
+
+def test_cuda_runs_on_cuda_or_fails_with_the_reason(model_path):
+    if cuda_available():
+        made = make_session(model_path, device="cuda")
+        assert made.providers[0] == CUDA and CPU not in made.providers
+        return
+    with pytest.raises(ExportError) as error:
+        make_session(model_path, device="cuda")
+    assert str(error.value) == f"CUDA execution provider is not usable here: {cuda_unavailable_reason()}"
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("level, ort_name", [("all", "ORT_ENABLE_ALL"), ("extended", "ORT_ENABLE_EXTENDED"),
+                                             ("basic", "ORT_ENABLE_BASIC"), ("none", "ORT_DISABLE_ALL")])
+def test_graph_optimisation_levels(model_path, level, ort_name):
+    made = make_session(model_path, device="cpu", graph_optimization=level, threads=1)
+    options = made.session.get_session_options()
+    assert options.graph_optimization_level.name == ort_name
+    assert options.intra_op_num_threads == 1
+    np.testing.assert_allclose(made.session.run(None, {"x": X})[0], expected(X), rtol=1e-6, atol=1e-6)
+
+
+def test_disabled_optimizers_and_options_reach_onnxruntime(model_path, monkeypatch):
+    import onnxruntime as ort
+
+    seen = {}
+    real = ort.InferenceSession
+
+    def spy(model, options, providers, **kwargs):
+        seen.update(kwargs, providers=providers, options=options)
+        return real(model, options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    make_session(model_path, device="cpu", disabled_optimizers=("MatMulAddFusion", "Pad_Fusion"), allow_spinning=False)
+    assert seen["disabled_optimizers"] == ["MatMulAddFusion", "Pad_Fusion"]
+    assert seen["providers"] == [CPU]
+    assert seen["options"].get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"device": "gpu"}, "unknown ONNX Runtime device 'gpu'"),
+    ({"graph_optimization": "max"}, "unknown graph optimisation level 'max'"),
+    ({"cudnn_conv_algo_search": "FAST"}, "unknown cudnn_conv_algo_search 'FAST'"),
+    ({"threads": -1}, "threads must be ≥ 0"),
+    ({"device": "cpu", "tensorrt": True}, "TensorRT needs device cuda or auto"),
+])
+def test_bad_options_are_one_line_errors(model_path, bad, match):
+    with pytest.raises(ExportError, match=match):
+        make_session(model_path, **bad)
+
+
+def test_unloadable_model_is_an_export_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ExportError, match="ONNX Runtime cannot load"):
+        make_session(tmp_path / "bad.onnx", device="cpu")
+
+
+def test_io_binding_gives_the_same_outputs(model_path):
+    plain = OrtRunner(model_path, device="cpu")
+    bound = OrtRunner(model_path, device="cpu", io_binding=True)
+    np.testing.assert_array_equal(bound({"x": X})["y"], plain({"x": X})["y"])
+    run = plain.bound({"x": X})
+    warm_up(run, runs=2)
+    np.testing.assert_array_equal(run.binding.copy_outputs_to_cpu()[0], plain({"x": X})["y"])
+    np.testing.assert_array_equal(run_bound(plain.session, {"x": X})[0], plain({"x": X})["y"])
+
+
+def test_sample_feeds_fill_dynamic_dims_and_warm_up_runs(model_path):
+    session = make_session(model_path, device="cpu").session
+    feeds = sample_feeds(session, batch=3)
+    assert feeds["x"].shape == (3, 4) and feeds["x"].dtype == np.float32
+    calls = []
+    warm_up(lambda: calls.append(session.run(None, feeds)), runs=4)
+    assert len(calls) == 4
+    run = bind(session, feeds)
+    run()
+    assert run.binding.copy_outputs_to_cpu()[0].shape == (3, 3)
