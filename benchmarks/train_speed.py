@@ -24,13 +24,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def zoo_seconds(model: str, epochs: int, batch: int, augment: bool) -> float:
+def zoo_seconds(model: str, epochs: int, batch: int, augment: bool, **options) -> float:
     from zoo.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         train(model, dataset="digits", epochs=epochs, batch_size=batch, out=Path(tmp) / "run", augment=augment,
-              verbose=0)
+              verbose=0, **options)
         return time.perf_counter() - started
 
 
@@ -114,6 +114,9 @@ def main() -> None:
         "plain model.fit (numpy arrays)": lambda e: plain_seconds(args.model, e, args.batch, arrays),
         "zoo train --no-augment": lambda e: zoo_seconds(args.model, e, args.batch, augment=False),
         "zoo train (random shifts)": lambda e: zoo_seconds(args.model, e, args.batch, augment=True),
+        "zoo train --mixed-precision (bfloat16 on CPU)": lambda e: zoo_seconds(args.model, e, args.batch, augment=True,
+                                                                               mixed_precision=True),
+        "zoo train --jit (XLA)": lambda e: zoo_seconds(args.model, e, args.batch, augment=True, jit=True),
     }
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for repeat in range(args.repeats):  # interleaved, so load changes hit every trainer alike

@@ -90,3 +90,17 @@ def test_classifier_options_are_refused_for_other_models(tmp_path):
                       "--recipe is for classifiers, not `zoo train dncnn`")
     assert_user_error(invoke("train", "style", "--keep-best", "--out", tmp_path / "s"),
                       "--keep-best is for classifiers")
+
+
+def test_mixed_precision_and_xla_train_and_save_a_float32_model_that_exports(tmp_path):
+    from export.pipeline import check_parity, export_model
+
+    metrics = train("cnn_bn", dataset="digits+per-class=4", image_size=16, epochs=1, out=tmp_path / "run",
+                    mixed_precision=True, jit=True, verbose=0)
+    assert metrics["precision"] == "mixed_bfloat16" and metrics["jit"] is True  # no GPU here: bfloat16
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    export_model(tmp_path / "run" / "model.keras", tmp_path / "export", fold_bn=True, onnx=True)
+    report = check_parity(tmp_path / "export", device="cpu")
+    assert report.passed, report.table()

@@ -154,6 +154,8 @@ def train(
     label_smoothing: Annotated[Optional[float], typer.Option(help="Classifiers: label smoothing, e.g. 0.1.")] = None,
     early_stopping: Annotated[Optional[int], typer.Option(help="Classifiers: stop after N epochs without a better validation accuracy.")] = None,
     keep_best: Annotated[bool, typer.Option("--keep-best", help="Classifiers: save the weights of the best validation epoch, not the last.")] = False,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Classifiers: compute in bfloat16 (CPU) / float16 (GPU), variables float32; the saved model computes in float32. Slower on this CPU (see the README).")] = False,
+    jit: Annotated[bool, typer.Option("--jit", help="Classifiers: compile the train step with XLA.")] = False,
     strategy: Annotated[str, typer.Option(help="Classifiers: none, or mirrored (every GPU, synchronized BN; --batch-size is the global batch).")] = "none",
     cpu_devices: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices (to run --strategy mirrored without GPUs, for testing).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Classifiers: continue from the checkpoint a killed or failed run of the same command left (every epoch is checkpointed).")] = False,
@@ -181,6 +183,7 @@ def train(
             "--weight-decay": weight_decay, "--schedule": schedule, "--label-smoothing": label_smoothing,
             "--early-stopping": early_stopping, "--keep-best": keep_best or None, "--resume": resume or None,
             "--strategy": None if strategy == "none" else strategy,
+            "--mixed-precision": mixed_precision or None, "--jit": jit or None,
         }
         model_config = parse_model_options(option or [])
         if model == "dncnn" or model in STYLE_MODELS:
@@ -246,7 +249,8 @@ def train(
                               seed=seed, out=out, image_size=image_size, augment=augment, model_config=model_config,
                               resume=resume, strategy=strategy, recipe=recipe, optimizer=optimizer,
                               weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-                              early_stopping=early_stopping, keep_best=keep_best)
+                              early_stopping=early_stopping, keep_best=keep_best,
+                              mixed_precision=mixed_precision, jit=jit)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")

@@ -54,22 +54,35 @@ def make_strategy(name: str):
 def synchronize_bn(model: Any):
     """A copy of `model`, same weights, whose every BatchNormalization (nested ones included) is synchronized.
     Build it inside the strategy's scope."""
-    import keras
+    from zoo.rewrite import rebuild
 
-    def walk(config: Any) -> int:
-        count = 0
-        if isinstance(config, dict):
-            if config.get("class_name") == "BatchNormalization" and isinstance(config.get("config"), dict):
-                config["config"]["synchronized"] = True
-                count += 1
-            count += sum(walk(value) for value in config.values())
-        elif isinstance(config, list):
-            count += sum(walk(value) for value in config)
-        return count
+    def synchronize(entry: dict[str, Any]) -> bool:
+        if entry["class_name"] != "BatchNormalization":
+            return False
+        entry["config"]["synchronized"] = True
+        return True
 
-    config = model.get_config()
-    if walk(config["layers"]) == 0:
-        return model
-    synced = model.__class__.from_config(config)
-    synced.set_weights(model.get_weights())
-    return synced
+    return rebuild(model, synchronize)
+
+
+def mixed_policy() -> str:
+    """mixed_float16 where a GPU computes (Keras then scales the loss), mixed_bfloat16 on the CPU."""
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+def as_float32(model: Any):
+    """A copy of a mixed-precision model computing in float32 (its variables already are float32): what is saved
+    and exported, so every runtime and the parity reference compute in float32."""
+    from zoo.rewrite import rebuild
+
+    def to_float32(entry: dict[str, Any]) -> bool:
+        dtype = entry["config"].get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if not isinstance(name, str) or not name.startswith("mixed_"):
+            return False
+        entry["config"]["dtype"] = "float32"
+        return True
+
+    return rebuild(model, to_float32)

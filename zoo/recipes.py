@@ -82,9 +82,9 @@ def recipe_for(model_name: str, name: str = "default") -> Recipe:
     raise ZooError(f"unknown recipe {name!r}; use one of: {', '.join(RECIPE_NAMES)}")
 
 
-def compile_with(model, recipe: Recipe, *, steps: int, from_logits: bool = True) -> None:
+def compile_with(model, recipe: Recipe, *, steps: int, from_logits: bool = True, jit: bool = False) -> None:
     """Compile a classifier for `steps` optimizer steps with `recipe`: sparse cross-entropy (with label smoothing
-    when asked), accuracy."""
+    when asked), accuracy; `jit` compiles the train step with XLA."""
     if recipe.schedule == "cosine":
         warmup = int(steps * recipe.warmup)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -103,15 +103,15 @@ def compile_with(model, recipe: Recipe, *, steps: int, from_logits: bool = True)
         optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum, weight_decay=decay)
     else:
         optimizer = keras.optimizers.Adam(schedule, weight_decay=decay)
+    loss = model_loss(recipe, from_logits)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit)
+
+
+def model_loss(recipe: Recipe, from_logits: bool = True):
+    """Sparse cross-entropy, with the recipe's label smoothing."""
     if recipe.label_smoothing:
-        loss = _smoothed_sparse_crossentropy(recipe.label_smoothing, from_logits)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-
-
-def _smoothed_sparse_crossentropy(smoothing: float, from_logits: bool):
-    return SmoothedSparseCrossentropy(smoothing=smoothing, from_logits=from_logits)
+        return SmoothedSparseCrossentropy(smoothing=recipe.label_smoothing, from_logits=from_logits)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
 
 @keras.saving.register_keras_serializable(package="zoo")

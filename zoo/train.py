@@ -23,8 +23,8 @@ import keras
 import zoo
 from zoo.checkpoint import EpochCheckpoint, checkpoint_dir, load_checkpoint, remove_checkpoint
 from zoo.data import load_dataset, make_pipeline, steps_per_epoch
-from zoo.distribute import make_strategy, synchronize_bn
-from zoo.recipes import DEFAULT, compile_with, recipe_for
+from zoo.distribute import as_float32, make_strategy, mixed_policy, synchronize_bn
+from zoo.recipes import DEFAULT, compile_with, model_loss, recipe_for
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
 
@@ -53,6 +53,8 @@ def train(
     label_smoothing: float | None = None,
     early_stopping: int | None = None,
     keep_best: bool = False,
+    mixed_precision: bool = False,
+    jit: bool = False,
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
@@ -62,7 +64,9 @@ def train(
     `epochs` defaults to the recipe's, else the dataset's own; `image_size` to the dataset's native size.
     `augment` shifts the training images at random (and flips them where the dataset says that keeps the class).
     `early_stopping=N` stops after N epochs without a better validation accuracy; `keep_best` saves the weights
-    of the best validation epoch instead of the last.
+    of the best validation epoch instead of the last. `mixed_precision` computes in bfloat16 on a CPU, float16
+    on a GPU (variables stay float32; the saved model is a float32 copy, so export and parity are unchanged);
+    `jit` compiles the train step with XLA.
     """
     started = time.perf_counter()
     spec = get_model_spec(model_name)
@@ -86,10 +90,12 @@ def train(
         data = load_dataset(dataset, seed=seed)
         epochs = data.default_epochs if plan.epochs is None else plan.epochs
         size = data.default_image_size if image_size is None else image_size
+        precision = mixed_policy() if mixed_precision else "float32"
         fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "seed": seed, "image_size": size,
-                       "augment": augment, "model_config": model_config, **plan.to_dict()}
+                       "augment": augment, "model_config": model_config, "precision": precision, "jit": jit,
+                       **plan.to_dict()}
         distributed = make_strategy(strategy)
-        with distributed.scope() if distributed else contextlib.nullcontext():
+        with distributed.scope() if distributed else contextlib.nullcontext(), dtype_policy(precision):
             restored = load_checkpoint(checkpoints, fingerprint) if resume else None
             if restored is None:
                 remove_checkpoint(checkpoints)
@@ -98,7 +104,7 @@ def train(
                 )
                 if distributed:
                     model = synchronize_bn(model)
-                compile_with(model, plan, steps=epochs * steps_per_epoch(data.train, batch_size))
+                compile_with(model, plan, steps=epochs * steps_per_epoch(data.train, batch_size), jit=jit)
                 first_epoch, history = 0, {}
             else:
                 model, first_epoch, history = restored
@@ -124,6 +130,9 @@ def train(
                 callbacks=[stopper, checkpoint],
             )
         stopper.finish(model)
+        if mixed_precision:
+            model = as_float32(model)
+            model.compile(loss=model_loss(plan), metrics=["accuracy"])
         history = checkpoint.history
         write_history(staging / "history.csv", history)
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
@@ -149,6 +158,8 @@ def train(
             "model_config": model_config,
             "resumed_from_epoch": first_epoch,
             "strategy": strategy,
+            "precision": precision,
+            "jit": jit,
             "replicas": distributed.num_replicas_in_sync if distributed else 1,
             "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "class_names": data.class_names,
@@ -158,6 +169,17 @@ def train(
         write_metrics(staging, metrics)
     remove_checkpoint(checkpoints)
     return metrics
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `name` while models are built and loaded, then restored."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def write_history(path: Path, history: dict[str, list[float]]) -> None:
