@@ -86,9 +86,67 @@ def test_mirrored_training_from_the_cli_matches_single_device(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "mirrored"], "found no GPU and one CPU device; on a CPU-only machine add --cpu-devices 2"),
-    (["--strategy", "ring"], "unknown strategy 'ring'; use one of: none, mirrored"),
+    (["--strategy", "ring"], "unknown strategy 'ring'; use one of: none, mirrored, multiworker"),
     (["--cpu-devices", "1"], "--cpu-devices must be an integer >= 2"),
 ])
 def test_bad_strategies_are_one_line(args, message, tmp_path):
     assert_user_error(invoke("train", "cnn_bn", "--epochs", 1, *args, "--out", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    code = "import sys; from zoo.cli import app; sys.argv = ['zoo', *sys.argv[1:]]; app()"
+    processes = []
+    for index in (0, 1):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
+        args = ["train", "cnn_bn", "--dataset", "digits+per-class=8", "--image-size", "16", "--batch-size", "16",
+                "--epochs", "2", "--no-augment", "--strategy", "multiworker", "--out", str(tmp_path / f"w{index}")]
+        processes.append(subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    chief, other = (keras.saving.load_model(tmp_path / f"w{i}" / "model.keras") for i in (0, 1))
+    for a, b in zip(chief.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    metrics = json.loads((tmp_path / "w0" / "metrics.json").read_text())
+    assert metrics["strategy"] == "multiworker" and metrics["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "--strategy multiworker needs TF_CONFIG"),
+    ("{not json", "TF_CONFIG is not a valid cluster spec"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "IndexError"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}', "task type 'ps' is not supported"),
+])
+def test_bad_tf_config_is_one_line(tf_config, message, tmp_path, monkeypatch):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert_user_error(invoke("train", "cnn_bn", "--epochs", 1, "--strategy", "multiworker", "--out", tmp_path / "r"),
+                      message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_worker_port_in_use_is_one_line(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": [f"localhost:{port}"]},
+                                                    "task": {"type": "worker", "index": 0}}))
+        assert_user_error(invoke("train", "cnn_bn", "--epochs", 1, "--strategy", "multiworker", "--out",
+                                 tmp_path / "r"), f"localhost:{port} cannot be bound")

@@ -156,7 +156,7 @@ def train(
     keep_best: Annotated[bool, typer.Option("--keep-best", help="Classifiers: save the weights of the best validation epoch, not the last.")] = False,
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Classifiers: compute in bfloat16 (CPU) / float16 (GPU), variables float32; the saved model computes in float32. Slower on this CPU (see the README).")] = False,
     jit: Annotated[bool, typer.Option("--jit", help="Classifiers: compile the train step with XLA.")] = False,
-    strategy: Annotated[str, typer.Option(help="Classifiers: none, or mirrored (every GPU, synchronized BN; --batch-size is the global batch).")] = "none",
+    strategy: Annotated[str, typer.Option(help="Classifiers: none; mirrored (every GPU, synchronized BN; --batch-size is the global batch); multiworker (processes/machines from TF_CONFIG, custom training loop, synchronized BN).")] = "none",
     cpu_devices: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices (to run --strategy mirrored without GPUs, for testing).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Classifiers: continue from the checkpoint a killed or failed run of the same command left (every epoch is checkpointed).")] = False,
     option: Annotated[Optional[list[str]], typer.Option("--option", help="A model option KEY=VALUE, repeatable, e.g. --option depth=11 --option width=0.25; `zoo list` shows them.")] = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from zoo.errors import ZooError
 
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 def split_cpu(devices: int) -> None:
@@ -34,13 +34,18 @@ def split_cpu(devices: int) -> None:
 
 
 def make_strategy(name: str):
-    """None for "none"; a MirroredStrategy over the GPUs, else over the logical CPU devices if there are several."""
+    """None for "none"; a MirroredStrategy over the GPUs, else over the logical CPU devices if there are several;
+    for "multiworker" a MultiWorkerMirroredStrategy from TF_CONFIG (zoo/multiworker.py)."""
     import tensorflow as tf
 
     if name not in STRATEGIES:
         raise ZooError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGIES)}")
     if name == "none":
         return None
+    if name == "multiworker":
+        from zoo.multiworker import make_multiworker_strategy
+
+        return make_multiworker_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])

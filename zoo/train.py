@@ -118,7 +118,13 @@ def train(
         )
         checkpoint = EpochCheckpoint(checkpoints, fingerprint, history)
         stopper = BestEpoch(patience=early_stopping, restore=keep_best, history=history)
-        if first_epoch < epochs:
+        if first_epoch < epochs and strategy == "multiworker":
+            from zoo.multiworker import fit_custom
+
+            fit_custom(model, distributed, train_ds, val_ds, epochs=epochs, first_epoch=first_epoch,
+                       steps=steps_per_epoch(data.train, batch_size), global_batch=batch_size,
+                       callbacks=[stopper, checkpoint])
+        elif first_epoch < epochs:
             model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -135,7 +141,12 @@ def train(
             model.compile(loss=model_loss(plan), metrics=["accuracy"])
         history = checkpoint.history
         write_history(staging / "history.csv", history)
-        test = model.evaluate(test_ds, verbose=0, return_dict=True)
+        if strategy == "multiworker":
+            from zoo.multiworker import evaluate_locally
+
+            test = evaluate_locally(model, test_ds)
+        else:
+            test = model.evaluate(test_ds, verbose=0, return_dict=True)
         model.save(staging / "model.keras")
         plot_curves(history, staging / "curves.png")
         metrics = {
