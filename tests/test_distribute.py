@@ -150,3 +150,14 @@ def test_worker_port_in_use_is_one_line(tmp_path, monkeypatch):
                                                     "task": {"type": "worker", "index": 0}}))
         assert_user_error(invoke("train", "cnn_bn", "--epochs", 1, "--strategy", "multiworker", "--out",
                                  tmp_path / "r"), f"localhost:{port} cannot be bound")
+
+
+def test_a_batch_that_does_not_split_across_replicas_is_one_line(tmp_path):
+    code = "import sys; from zoo.cli import app; sys.argv = ['zoo', *sys.argv[1:]]; app()"
+    done = subprocess.run([sys.executable, "-c", code, "train", "cnn_bn", "--strategy", "mirrored", "--cpu-devices",
+                           "2", "--batch-size", "15", "--epochs", "1", "--out", str(tmp_path / "run")],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and not (tmp_path / "run").exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --batch-size 15 is not divisible by the 2 replicas; use a multiple of 2 (the batch is split evenly "
+        "across them)")

@@ -95,6 +95,10 @@ def train(
                        "augment": augment, "model_config": model_config, "precision": precision, "jit": jit,
                        **plan.to_dict()}
         distributed = make_strategy(strategy)
+        replicas = distributed.num_replicas_in_sync if distributed else 1
+        if batch_size % replicas:
+            raise ZooError(f"--batch-size {batch_size} is not divisible by the {replicas} replicas; use a multiple of "
+                           f"{replicas} (the batch is split evenly across them)")
         with distributed.scope() if distributed else contextlib.nullcontext(), dtype_policy(precision):
             restored = load_checkpoint(checkpoints, fingerprint) if resume else None
             if restored is None:
@@ -171,7 +175,7 @@ def train(
             "strategy": strategy,
             "precision": precision,
             "jit": jit,
-            "replicas": distributed.num_replicas_in_sync if distributed else 1,
+            "replicas": replicas,
             "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "class_names": data.class_names,
             "zoo_version": zoo.__version__,
