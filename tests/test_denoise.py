@@ -25,6 +25,7 @@ def test_dncnn_is_residual_and_fully_convolutional():
     small = create_model("dncnn", **SMALL)
     x = np.random.default_rng(0).random((2, 23, 31, 1), dtype=np.float32)
     assert predict(small, x).shape == x.shape
+    np.testing.assert_allclose(predict(small, x), x, atol=1e-6)  # zero-initialised last conv: starts as identity
     noise = predict(__import__("keras").Model(small.input, small.get_layer("noise").output), x)
     np.testing.assert_allclose(predict(small, x), x - noise, atol=1e-6)
 
