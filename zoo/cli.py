@@ -129,7 +129,7 @@ def train(
     model: Annotated[str, typer.Argument(help="Registered model name (see `zoo list`); `style` trains the style network.")],
     dataset: Annotated[Optional[str], typer.Option(help="Classifiers: digits | mnist | fashion_mnist | cifar10 | cifar100 | npz:PATH | folder:PATH (default digits), optionally +invert|noise|brightness|contrast, +classes=A-B, +per-class=N, e.g. digits+classes=5-9+per-class=10.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Classifiers: epochs (default: the dataset's own default).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32; style: 4).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32; style: 4; dncnn: 16).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 3e-3 with warm-up and cosine decay; style: 1e-3 constant).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and initialisation.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/MODEL; style: runs/style_NORM).")] = None,
