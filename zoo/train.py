@@ -24,7 +24,7 @@ import zoo
 from zoo.checkpoint import EpochCheckpoint, checkpoint_dir, load_checkpoint, remove_checkpoint
 from zoo.data import load_dataset, make_pipeline, steps_per_epoch
 from zoo.distribute import as_float32, make_strategy, mixed_policy, synchronize_bn
-from zoo.recipes import DEFAULT, compile_with, model_loss, recipe_for
+from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
 
@@ -140,9 +140,6 @@ def train(
                 callbacks=[stopper, checkpoint],
             )
         stopper.finish(model)
-        if mixed_precision:
-            model = as_float32(model)
-            model.compile(loss=model_loss(plan), metrics=["accuracy"])
         history = checkpoint.history
         write_history(staging / "history.csv", history)
         if strategy == "multiworker":
@@ -151,7 +148,8 @@ def train(
             test = evaluate_locally(model, test_ds)
         else:
             test = model.evaluate(test_ds, verbose=0, return_dict=True)
-        model.save(staging / "model.keras")
+        # a mixed-precision run saves a float32 copy (uncompiled), so export and parity compute in float32
+        (as_float32(model) if mixed_precision else model).save(staging / "model.keras")
         plot_curves(history, staging / "curves.png")
         metrics = {
             "model": model_name,
