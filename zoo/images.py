@@ -20,7 +20,7 @@ MIN_SIDE = 16
 # 4096×4096: a style transformer at that size needs several GiB of activations on the CPU already
 DEFAULT_MAX_PIXELS = 4096 * 4096
 SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
-                  "immunohistochemistry", "retina", "colorwheel", "brick", "grass", "gravel", "moon", "clock")
+                  "immunohistochemistry", "retina", "colorwheel", "brick", "grass", "gravel", "moon", "clock", "coins", "motorcycle")
 
 
 def read_image(spec: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> np.ndarray:
@@ -177,6 +177,8 @@ def _skimage_photo(name: str) -> np.ndarray:
         raise ZooError(f"unknown bundled image skimage:{name}; use one of: {', '.join(SKIMAGE_PHOTOS)}")
     import skimage.data
 
+    if name == "motorcycle":  # the left view of scikit-image's stereo pair
+        return skimage.data.stereo_motorcycle()[0]
     return getattr(skimage.data, name)()
 
 
