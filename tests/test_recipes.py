@@ -67,7 +67,7 @@ def test_recipe_options_reach_training_and_metrics(tmp_path):
                     keep_best=True, early_stopping=5, verbose=0)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key, value in (("optimizer", "sgd"), ("weight_decay", 1e-4), ("schedule", "step"),
-                       ("label_smoothing", 0.1), ("batch_size", 8), ("kept", "best"), ("epochs_run", 2)):
+                       ("label_smoothing", 0.1), ("batch_size", 8), ("kept", "best"), ("epochs_run", 2), ("epochs", 2)):
         assert metrics[key] == value == saved[key], key
     assert keras.saving.load_model(tmp_path / "run" / "model.keras").count_params() > 0
 
@@ -104,3 +104,8 @@ def test_mixed_precision_and_xla_train_and_save_a_float32_model_that_exports(tmp
     export_model(tmp_path / "run" / "model.keras", tmp_path / "export", fold_bn=True, onnx=True)
     report = check_parity(tmp_path / "export", device="cpu")
     assert report.passed, report.table()
+
+
+def test_default_epochs_come_from_the_dataset_and_are_reported(tmp_path):
+    metrics = train("cnn_bn", dataset="digits+per-class=2", image_size=16, out=tmp_path / "run", verbose=0)
+    assert metrics["epochs"] == metrics["epochs_run"] == 40  # digits' default; the recipe leaves it open

@@ -91,9 +91,9 @@ def train(
         epochs = data.default_epochs if plan.epochs is None else plan.epochs
         size = data.default_image_size if image_size is None else image_size
         precision = mixed_policy() if mixed_precision else "float32"
-        fingerprint = {"model": model_name, "dataset": dataset, "epochs": epochs, "seed": seed, "image_size": size,
-                       "augment": augment, "model_config": model_config, "precision": precision, "jit": jit,
-                       **plan.to_dict()}
+        fingerprint = {**plan.to_dict(), "model": model_name, "dataset": dataset, "epochs": epochs, "seed": seed,
+                       "image_size": size, "augment": augment, "model_config": model_config, "precision": precision,
+                       "jit": jit}
         distributed = make_strategy(strategy)
         replicas = distributed.num_replicas_in_sync if distributed else 1
         if batch_size % replicas:
@@ -163,7 +163,7 @@ def train(
             "best_epoch": stopper.best_epoch,
             "kept": "best" if keep_best else "last",
             "recipe": recipe,
-            **plan.to_dict(),
+            **{key: value for key, value in plan.to_dict().items() if key != "epochs"},
             "seed": seed,
             "augment": augment,
             "image_size": size,
