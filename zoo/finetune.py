@@ -65,7 +65,8 @@ def finetune(
     from zoo.adabn import bn_layers
     from zoo.data import load_dataset, make_pipeline, steps_per_epoch
     from zoo.runs import resolve_source
-    from zoo.train import check_positive, compile_classifier, plot_curves, run_directory, write_history, write_metrics
+    from zoo.train import (check_positive, compile_classifier, dataset_facts, plot_curves, run_directory,
+                           write_history, write_metrics)
     import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
 
     started = time.perf_counter()
@@ -149,10 +150,7 @@ def finetune(
             "augment": augment,
             "image_size": side,
             "channels": channels,
-            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "class_names": data.class_names,
-            "zoo_version": zoo.__version__,
-            "wall_time_s": round(time.perf_counter() - started, 2),
+            **dataset_facts(data, started),
         }
         write_metrics(staging, metrics)
     return metrics

@@ -174,10 +174,7 @@ def train(
             "precision": precision,
             "jit": jit,
             "replicas": replicas,
-            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "class_names": data.class_names,
-            "zoo_version": zoo.__version__,
-            "wall_time_s": round(time.perf_counter() - started, 2),
+            **dataset_facts(data, started),
         }
         write_metrics(staging, metrics)
     remove_checkpoint(checkpoints)
@@ -193,6 +190,16 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def dataset_facts(data, started: float) -> dict[str, Any]:
+    """What every classifier run's metrics.json records about its data, version and time."""
+    return {
+        "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "class_names": data.class_names,
+        "zoo_version": zoo.__version__,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
 
 
 def write_history(path: Path, history: dict[str, list[float]]) -> None:

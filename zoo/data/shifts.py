@@ -43,12 +43,11 @@ SHIFTS = {"invert": invert, "noise": noise, "brightness": brightness, "contrast"
 
 
 def apply_shift(data: ImageDataset, name: str, *, seed: int) -> ImageDataset:
-    """`data` with shift `name` applied to the images of every split."""
-    if name not in SHIFTS:
-        raise ZooError(f"unknown domain shift {name!r}; use one of: {', '.join(SHIFTS)} (e.g. digits+invert)")
+    """`data` with shift `name` (one of SHIFTS; zoo/data/modifiers.py checks and names it) applied to the images of
+    every split."""
     if data.train.from_files:
         raise ZooError(f"domain shifts apply to in-memory datasets, not to {data.name} (image files)")
     rng = np.random.default_rng(seed)
     shifted = {part: Split(SHIFTS[name](getattr(data, part).x, rng), getattr(data, part).y)
                for part in ("train", "val", "test")}
-    return replace(data, name=f"{data.name}+{name}", **shifted)
+    return replace(data, **shifted)
