@@ -3,6 +3,9 @@
 For each model (random moderate BN statistics and non-zero biases, as a trained net has):
 * ONNX node count (zoo's `export_onnx`) and the TensorFlow ops left after Grappler in the SavedModel's serving
   function (what TF really executes: conv+bias+relu fused into _FusedConv2D, the rest as separate ops);
+* the nodes ONNX Runtime really runs after its own ORT_ENABLE_ALL graph optimisations (its optimised model, saved
+  with `optimized_model_filepath`): when those are the same for both, ORT runs the same graph and any speed ratio
+  is noise;
 * ONNX Runtime CPU latency with ORT_ENABLE_ALL and with ORT_DISABLE_ALL graph optimisations, at batch 1 and 32;
 * TF SavedModel (`serving_default`) latency at batch 1 and 32.
 
@@ -148,6 +151,21 @@ def grappler_ops(path: Path) -> Counter:
     return Counter(node.op for node in optimized.node if node.op not in _NOT_WORK)
 
 
+def ort_optimized_ops(path: Path) -> Counter:
+    """Op types of the graph ONNX Runtime runs on the CPU after all its graph optimisations."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # the "hardware-specific model" warning is expected: we only count nodes
+    with tempfile.TemporaryDirectory(prefix="zoo-ort-opt-") as scratch:
+        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return Counter(node.op_type for node in graph.node)
+
+
 # ------------------------------------------------------------------------------------------- timing
 
 
@@ -192,11 +210,16 @@ def measure(name: str, workdir: Path, *, batches: list[int], runs: int, runs_lar
     record["onnx_nodes"] = {}
     record["onnx_ops"] = {}
     record["tf_ops"] = {}
+    record["ort_optimized_ops"] = {}
     for variant in ("unfolded", "folded"):
         ops = Counter(node.op_type for node in onnx.load(str(paths[variant]["onnx"])).graph.node)
         record["onnx_nodes"][variant] = sum(ops.values())
         record["onnx_ops"][variant] = dict(ops.most_common())
         record["tf_ops"][variant] = dict(grappler_ops(paths[variant]["savedmodel"]).most_common())
+        record["ort_optimized_ops"][variant] = dict(ort_optimized_ops(paths[variant]["onnx"]).most_common())
+    record["ort_runs_same_graph"] = record["ort_optimized_ops"]["unfolded"] == record["ort_optimized_ops"]["folded"]
+    log(f"  ORT after its optimisations: {sum(record['ort_optimized_ops']['unfolded'].values())} → "
+        f"{sum(record['ort_optimized_ops']['folded'].values())} nodes, same op counts: {record['ort_runs_same_graph']}")
 
     makers = {
         "ort-all": lambda v: ort_session(paths[v]["onnx"], "all", threads, spin),
@@ -225,7 +248,8 @@ def measure(name: str, workdir: Path, *, batches: list[int], runs: int, runs_lar
 
 
 def table(records: list[dict]) -> str:
-    header = ["model", "BN folded", "ONNX nodes unfolded → folded", "TF ops after Grappler unfolded → folded",
+    header = ["model", "BN folded", "ONNX nodes unfolded → folded", "ORT nodes after its optimisations",
+              "TF ops after Grappler unfolded → folded",
               "runtime", "batch", "p50 ms unfolded", "p50 ms folded", "unfolded/folded", "paired ratio IQR"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
@@ -237,6 +261,7 @@ def table(records: list[dict]) -> str:
                 r["model"] if first else "",
                 f"{r['fold']['folded']}/{r['fold']['total']}" if first else "",
                 f"{r['onnx_nodes']['unfolded']} → {r['onnx_nodes']['folded']}" if first else "",
+                _ort_nodes(r) if first else "",
                 tf_ops,
                 t["runtime"], str(t["batch"]),
                 f"{t['unfolded']['p50']:.2f}", f"{t['folded']['p50']:.2f}",
@@ -246,6 +271,14 @@ def table(records: list[dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
             first = False
     return "\n".join(lines)
+
+
+def _ort_nodes(record: dict) -> str:
+    ops = record.get("ort_optimized_ops")
+    if not ops:
+        return "–"
+    counts = f"{sum(ops['unfolded'].values())} → {sum(ops['folded'].values())}"
+    return counts + (" (same ops)" if record["ort_runs_same_graph"] else "")
 
 
 def environment(threads: int) -> dict:

@@ -21,7 +21,9 @@ model. What this module adds on top of tf2onnx:
   depending on node order in memory, so the same model converted twice could give an output of rank 5 instead
   of 4 (seen 4 times in 30 conversions). Without it no zoo or keras.applications graph gained a node; and every
   conversion's output ranks are checked against the model's (ONNX shape inference, strict) so a wrong graph is
-  an error, never a file.
+  an error, never a file;
+- a zero Pad before a MaxPool/AveragePool gets the pad value -0.0, so ONNX Runtime's Pad_Fusion cannot turn it into
+  pool padding, which changes the result (export/pad_pool.py).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from export.atomic import atomic_output
 from export.errors import ExportError, first_line
+from export.pad_pool import guard_zero_pads_before_pools
 from export.signature import ModelSignature, TensorInfo, describe, layer_of_op, serving_function, tensor_specs
 
 MIN_OPSET = 13
@@ -80,6 +83,7 @@ def export_onnx(
     function = serving_function(model, signature)
     proto = _convert(model, function, signature, opset, nchw_inputs, nchw_outputs, large=external_data)
     _bake_captured_constants(proto, function, signature)
+    guard_zero_pads_before_pools(proto)
     _name_outputs(proto.graph, signature)
     _name_dynamic_dims(proto.graph, signature, set(nchw_inputs) | set(nchw_outputs))
     layout = {LAYOUT_KEY: "NCHW" if nchw else "NHWC"}

@@ -4,8 +4,9 @@ the model's input and output names in its signature runner and a dynamic batch (
 `TFLiteConverter.from_concrete_functions` on our traced function gives a model with uninitialised weights for
 Keras 3 variables (measured), and `from_keras_model` names outputs `output_0…`; the SavedModel route has neither
 problem. Builtin TFLite ops only: a model that needs TF (Select/Flex) ops is refused with the op and its layer.
-Known case: with a dynamic H×W, Keras' UpSampling2D (repeat + reshape) hides the channel count from the converter
-and the next Conv2D cannot be lowered.
+With a dynamic H×W, Keras' UpSampling2D (repeat + reshape) hides the channel count from the converter and the
+next Conv2D cannot be lowered, so nearest-neighbour UpSampling2D layers (channels-last) are swapped for zoo's
+NearestUpsampling2D — the same function, with the channel count kept — in the copy that is converted.
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | Non
     import tensorflow as tf
 
     path = Path(path)
+    convertible = tflite_ready(model)
+    if convertible is not model:
+        saved_model = None  # the given SavedModel holds the original layers
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as scratch:
-        source = Path(saved_model) if saved_model else export_savedmodel(model, Path(scratch) / "saved_model")
+        source = Path(saved_model) if saved_model else export_savedmodel(convertible, Path(scratch) / "saved_model")
         try:
             flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(source)).convert()
         except Exception as e:
@@ -37,19 +41,47 @@ def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | Non
     return path
 
 
+def tflite_ready(model: Any):
+    """`model`, or a copy with every nearest, channels-last UpSampling2D replaced by NearestUpsampling2D."""
+    from zoo.layers import NearestUpsampling2D
+    from zoo.rewrite import rebuild
+
+    def swap(entry: dict[str, Any]) -> bool:
+        config = entry["config"]
+        if (entry["class_name"] != "UpSampling2D" or config.get("interpolation", "nearest") != "nearest"
+                or config.get("data_format") == "channels_first"):
+            return False
+        keep = {key: config[key] for key in ("name", "trainable", "dtype") if key in config}
+        entry.update(class_name=NearestUpsampling2D.__name__, module=None,
+                     registered_name=keras_name(NearestUpsampling2D), config={**keep, "factor": list(config["size"])})
+        return True
+
+    return rebuild(model, swap)
+
+
+def keras_name(layer_class: type) -> str:
+    import keras
+
+    return keras.saving.get_registered_name(layer_class)
+
+
 def _reason(error: Exception, model: Any) -> str:
     """One line from the converter's MLIR dump: which op, in which layer, and what to do."""
     message = str(error)
     select_ops = re.search(r"TF Select ops: ([^\n]+)", message)
-    if not select_ops:
+    unknown_op = re.search(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)
+    if not (select_ops or unknown_op):
         return first_line(error)
     location = re.search(r'fused\["[^"]*", "([^"@]+)@', message)
     layer = layer_of_op(location[1], model) if location else None
     where = f" in layer {layer!r}" if layer else ""
+    if unknown_op:
+        return (f"TensorFlow op {unknown_op[1]}{where} has no builtin TFLite kernel: replace that layer or "
+                f"export without --tflite")
     dynamic = any(spec.dynamic_axes for spec in describe(model).inputs)
     hint = (
-        "the dynamic input size hides a shape from the converter (e.g. after UpSampling2D): export TFLite from a "
-        "copy of the model with a fixed input size"
+        "the dynamic input size hides a shape from the converter: export TFLite from a copy of the model with a "
+        "fixed input size"
         if dynamic
         else "it would need TensorFlow Select ops, which the TFLite builtin runtime does not have"
     )

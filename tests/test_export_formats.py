@@ -13,7 +13,7 @@ from export.atomic import atomic_output
 from export.errors import ExportError
 from export.onnx import export_onnx
 from export.parity import standard_input_sets, make_inputs, run_parity
-from export.runtimes import KerasRunner, OrtRunner
+from export.runtimes import KerasRunner, OrtRunner, TFLiteRunner
 from export.savedmodel import export_savedmodel
 from export.signature import describe
 from export.tflite import export_tflite
@@ -200,13 +200,28 @@ def test_unsupported_op_is_named(tmp_path):
 
 
 def test_tflite_names_the_layer_it_cannot_convert(tmp_path):
-    """Keras' UpSampling2D on a dynamic H×W hides the channel count from the TFLite converter."""
-    x = inputs = keras.Input((None, None, 3), name="image")
-    x = keras.layers.UpSampling2D(name="up")(x)
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after_up")(x))
-    with pytest.raises(ExportError, match=r"op Conv2D in layer 'after_up' has no builtin TFLite kernel"):
+    class Determinant(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.linalg.det(x)
+
+    inputs = keras.Input((3, 3), name="matrix")
+    model = keras.Model(inputs, Determinant(name="det")(inputs))
+    with pytest.raises(ExportError, match=r"op MatrixDeterminant in layer 'det' has no builtin TFLite kernel"):
         export_tflite(model, tmp_path / "model.tflite")
     assert not list(tmp_path.iterdir())
+
+
+def test_tflite_upsampling_on_a_dynamic_size_converts_and_matches(tmp_path):
+    """Keras' UpSampling2D on a dynamic H×W hides the channel count from the TFLite converter (the next Conv2D
+    cannot be lowered); the export converts a copy with NearestUpsampling2D, the same function."""
+    x = inputs = keras.Input((None, None, 3), name="image")
+    x = keras.layers.UpSampling2D((2, 3), name="up")(x)
+    model = randomize(keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after_up")(x)))
+    runner = TFLiteRunner(export_tflite(model, tmp_path / "model.tflite"))
+    for shape in [(1, 5, 7, 3), (3, 4, 9, 3)]:
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        assert_parity(model(x).numpy(), runner({"image": x})["after_up"])
+    assert [layer.__class__.__name__ for layer in model.layers] == ["InputLayer", "UpSampling2D", "Conv2D"]
 
 
 def test_failed_exports_leave_nothing_behind(tmp_path, monkeypatch):

@@ -134,26 +134,30 @@ class CropLike(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class NearestUpsampling2D(keras.layers.Layer):
-    """Nearest-neighbour ×`factor` upsampling that keeps the channel count static with a dynamic H×W.
+    """Nearest-neighbour upsampling by `factor` (an int, or (rows, columns)) that keeps the channel count static
+    with a dynamic H×W.
 
     Keras' UpSampling2D (repeat + reshape) loses the channel count when H and W are unknown, and the TFLite
     converter then cannot lower the next conv; a broadcast-and-reshape with the channels spelled out does not.
+    The TFLite export swaps it in for UpSampling2D (export/tflite.py).
     """
 
-    def __init__(self, factor: int = 2, **kwargs):
+    def __init__(self, factor: int | tuple[int, int] = 2, **kwargs):
         super().__init__(**kwargs)
-        self.factor = int(factor)
+        rows, columns = (factor, factor) if isinstance(factor, int) else factor
+        self.factor = int(factor) if isinstance(factor, int) else (int(rows), int(columns))
+        self._rows, self._columns = int(rows), int(columns)
 
     def call(self, x):
-        f, channels = self.factor, x.shape[-1]
+        rows, columns, channels = self._rows, self._columns, x.shape[-1]
         shape = keras.ops.shape(x)
         x = keras.ops.expand_dims(keras.ops.expand_dims(x, 2), 4)  # B, H, 1, W, 1, C
-        x = keras.ops.broadcast_to(x, (shape[0], shape[1], f, shape[2], f, channels))
-        return keras.ops.reshape(x, (shape[0], shape[1] * f, shape[2] * f, channels))
+        x = keras.ops.broadcast_to(x, (shape[0], shape[1], rows, shape[2], columns, channels))
+        return keras.ops.reshape(x, (shape[0], shape[1] * rows, shape[2] * columns, channels))
 
     def compute_output_shape(self, shape):
-        grow = lambda d: None if d is None else d * self.factor  # noqa: E731
-        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+        grow = lambda d, f: None if d is None else d * f  # noqa: E731
+        return (shape[0], grow(shape[1], self._rows), grow(shape[2], self._columns), shape[3])
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
