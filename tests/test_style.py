@@ -85,6 +85,35 @@ def test_imagenet_loss_net_without_weights_says_how_to_get_them(tmp_path, monkey
         build_loss_network("vgg16")
 
 
+def test_imagenet_loss_net_loads_weights_from_the_cache_or_a_file(tmp_path, monkeypatch):
+    """A no-top VGG16 weights file in Keras' cache (or given as --vgg-weights) is what the loss network holds."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from zoo.errors import ZooError
+    from zoo.style.losses import WEIGHT_FILES, build_loss_network
+
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    rng = np.random.default_rng(3)
+    source.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in source.get_weights()])
+    cached = tmp_path / "models" / WEIGHT_FILES["vgg16"]
+    cached.parent.mkdir()
+    with h5py.File(cached, "w") as f:  # the legacy layout keras.applications' ImageNet files have
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    expected = {w.path: w.numpy() for w in source.weights}
+
+    for net in (build_loss_network("vgg16"), build_loss_network("vgg16", weights_path=cached)):
+        assert not net.random and "ImageNet weights" in net.description
+        for weight in net.model.weights:
+            np.testing.assert_array_equal(weight.numpy(), expected[weight.path])
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not hdf5")
+    with pytest.raises(ZooError, match="cannot load vgg16 weights from .*broken"):
+        build_loss_network("vgg16", weights_path=broken)
+
+
 @pytest.fixture(scope="module", params=["batch", "instance"])
 def style_run(request, tmp_path_factory):
     from zoo.style.train import train_style
