@@ -37,7 +37,7 @@ def guard_zero_pads_before_pools(proto: Any) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     constants = _constants(graph)
-    types = _element_types(proto)
+    types: dict[str, int] | None = None  # shape inference only once a Pad needs the guard
     changed = []
     for pad in graph.node:
         if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or not _is_zero_constant_pad(pad, constants):
@@ -45,14 +45,15 @@ def guard_zero_pads_before_pools(proto: Any) -> list[str]:
         pool = _pool_after(pad, consumers)
         if pool is None or (pool.op_type == "MaxPool" and _non_negative(pad.input[0], producers, constants)):
             continue
+        types = types if types is not None else _element_types(proto)
         element_type = types.get(pad.input[0])
-        if element_type is None or helper.tensor_dtype_to_np_dtype(element_type).kind != "f":
+        dtype = helper.tensor_dtype_to_np_dtype(element_type) if element_type else None
+        if dtype is None or dtype.kind != "f":
             continue  # unknown or integer data: no -0.0 to pad with
-        value_name = f"{NEG_ZERO_PREFIX}_{helper.tensor_dtype_to_string(element_type).split('.')[-1].lower()}"
+        value_name = f"{NEG_ZERO_PREFIX}_{dtype.name}"
         if value_name not in constants:
-            negative_zero = np.array(-0.0, helper.tensor_dtype_to_np_dtype(element_type))
-            graph.initializer.append(numpy_helper.from_array(negative_zero, value_name))
-            constants[value_name] = negative_zero
+            graph.initializer.append(numpy_helper.from_array(np.array(-0.0, dtype), value_name))
+            constants[value_name] = graph.initializer[-1]
         inputs = list(pad.input) + [""] * (3 - len(pad.input))
         inputs[2] = value_name
         del pad.input[:]
@@ -73,16 +74,18 @@ def _element_types(proto: Any) -> dict[str, int]:
 
 
 def _constants(graph: Any) -> dict[str, Any]:
-    """Initializers and Constant-node outputs by name, as NumPy arrays."""
-    from onnx import numpy_helper
-
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    """Initializers and Constant-node values by name, as TensorProtos (converted only when looked at)."""
+    values = {tensor.name: tensor for tensor in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attribute.t)
+            values.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
     return values
+
+
+def _array(constants: dict[str, Any], name: str) -> Any | None:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(constants[name]) if name in constants else None
 
 
 def _is_zero_constant_pad(pad: Any, constants: dict[str, Any]) -> bool:
@@ -91,7 +94,7 @@ def _is_zero_constant_pad(pad: Any, constants: dict[str, Any]) -> bool:
         return False
     if len(pad.input) < 3 or not pad.input[2]:
         return True  # no value: pads with 0
-    value = constants.get(pad.input[2])
+    value = _array(constants, pad.input[2])
     return value is not None and value.dtype.kind == "f" and not value.tobytes().strip(b"\0")
 
 
@@ -117,6 +120,5 @@ def _non_negative(name: str, producers: dict[str, Any], constants: dict[str, Any
         return False
     if node.op_type in _NON_NEGATIVE_OPS:
         return True
-    if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] in constants:
-        return float(constants[node.input[1]]) >= 0.0
-    return False
+    low = _array(constants, node.input[1]) if node.op_type == "Clip" and len(node.input) > 1 else None
+    return low is not None and float(low) >= 0.0

@@ -43,6 +43,8 @@ def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | Non
 
 def tflite_ready(model: Any):
     """`model`, or a copy with every nearest, channels-last UpSampling2D replaced by NearestUpsampling2D."""
+    import keras
+
     from zoo.layers import NearestUpsampling2D
     from zoo.rewrite import rebuild
 
@@ -53,16 +55,10 @@ def tflite_ready(model: Any):
             return False
         keep = {key: config[key] for key in ("name", "trainable", "dtype") if key in config}
         entry.update(class_name=NearestUpsampling2D.__name__, module=None,
-                     registered_name=keras_name(NearestUpsampling2D), config={**keep, "factor": list(config["size"])})
+                     registered_name=keras.saving.get_registered_name(NearestUpsampling2D), config={**keep, "factor": list(config["size"])})
         return True
 
     return rebuild(model, swap)
-
-
-def keras_name(layer_class: type) -> str:
-    import keras
-
-    return keras.saving.get_registered_name(layer_class)
 
 
 def _reason(error: Exception, model: Any) -> str:
@@ -75,7 +71,7 @@ def _reason(error: Exception, model: Any) -> str:
     location = re.search(r'fused\["[^"]*", "([^"@]+)@', message)
     layer = layer_of_op(location[1], model) if location else None
     where = f" in layer {layer!r}" if layer else ""
-    if unknown_op:
+    if not select_ops:
         return (f"TensorFlow op {unknown_op[1]}{where} has no builtin TFLite kernel: replace that layer or "
                 f"export without --tflite")
     dynamic = any(spec.dynamic_axes for spec in describe(model).inputs)

@@ -1,6 +1,7 @@
 """SavedModel / ONNX / TFLite export of tiny models built here (conv+BN+dense with non-zero biases and random BN
-statistics; Sequential; multiple inputs/outputs; fully convolutional), checked by reading the ONNX graph and by
-parity of every runtime against Keras at batch 1 and 7 (and a second H×W for the fully convolutional one)."""
+statistics from tests.helpers.randomize_bn; Sequential; multiple inputs/outputs; fully convolutional), checked by
+reading the ONNX graph and by parity of every runtime against Keras at batch 1 and 7 (and a second H×W for the
+fully convolutional one)."""
 import json
 
 import keras
@@ -17,21 +18,7 @@ from export.runtimes import KerasRunner, OrtRunner, TFLiteRunner
 from export.savedmodel import export_savedmodel
 from export.signature import describe
 from export.tflite import export_tflite
-from tests.helpers import assert_parity
-
-
-def randomize(model, seed=0):
-    """Trained-looking weights: non-zero biases, BN variance abs(randn)+0.5 and random γ, β, mean."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [rng.normal(1, 0.3, c), rng.normal(0, 0.3, c), rng.normal(0, 0.5, c), np.abs(rng.normal(size=c)) + 0.5]
-            )
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, 0.3, layer.bias.shape))
-    return model
+from tests.helpers import assert_parity, randomize_bn
 
 
 def conv_bn_classifier():
@@ -88,7 +75,8 @@ BUILDERS = {"classifier": conv_bn_classifier, "sequential": sequential, "multi_i
 def export_dir(request, tmp_path_factory):
     """One export folder per model, in the layout of export/artifacts.py (reused by every test of the module)."""
     out = tmp_path_factory.mktemp(request.param)
-    model = randomize(BUILDERS[request.param]())
+    model = BUILDERS[request.param]()
+    randomize_bn(model)
     model.save(out / ORIGINAL)
     export_savedmodel(model, out / SAVEDMODEL)
     export_onnx(model, out / ONNX, metadata={"source": "zoo tests"})
@@ -166,7 +154,8 @@ def test_metadata_props_hold_caller_metadata_and_layout(export_dir):
 
 @pytest.mark.parametrize("builder", [conv_bn_classifier, fully_conv])
 def test_nchw_export_drops_transposes_and_still_matches(builder, tmp_path):
-    model = randomize(builder())
+    model = builder()
+    randomize_bn(model)
     path = export_onnx(model, tmp_path / "nchw.onnx", nchw=True)
     proto = onnx.load(path)
     assert proto.graph.node[0].op_type != "Transpose"
@@ -211,12 +200,26 @@ def test_tflite_names_the_layer_it_cannot_convert(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_tflite_says_when_a_dynamic_size_hides_a_shape(tmp_path):
+    """keras.ops.repeat on a dynamic H (as Keras' own UpSampling2D does) hides the channel count from the converter."""
+    class RepeatRows(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.repeat(x, 2, axis=1)
+
+    inputs = keras.Input((None, None, 3), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after")(RepeatRows(name="rows")(inputs)))
+    with pytest.raises(ExportError, match=r"op Conv2D in layer 'after' .*dynamic input size hides a shape"):
+        export_tflite(model, tmp_path / "model.tflite")
+    assert not list(tmp_path.iterdir())
+
+
 def test_tflite_upsampling_on_a_dynamic_size_converts_and_matches(tmp_path):
     """Keras' UpSampling2D on a dynamic H×W hides the channel count from the TFLite converter (the next Conv2D
     cannot be lowered); the export converts a copy with NearestUpsampling2D, the same function."""
     x = inputs = keras.Input((None, None, 3), name="image")
     x = keras.layers.UpSampling2D((2, 3), name="up")(x)
-    model = randomize(keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after_up")(x)))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="after_up")(x))
+    randomize_bn(model)
     runner = TFLiteRunner(export_tflite(model, tmp_path / "model.tflite"))
     for shape in [(1, 5, 7, 3), (3, 4, 9, 3)]:
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -276,7 +279,8 @@ def test_atomic_output_replaces_only_on_success(tmp_path):
 
 
 def test_corrupted_model_fails_parity(tmp_path):
-    model = randomize(conv_bn_classifier())
+    model = conv_bn_classifier()
+    randomize_bn(model)
     path = export_onnx(model, tmp_path / "model.onnx")
     corrupted = keras.models.clone_model(model)
     corrupted.set_weights(model.get_weights())
@@ -291,7 +295,8 @@ def test_corrupted_model_fails_parity(tmp_path):
 
 
 def test_folded_model_is_a_candidate_when_present(tmp_path):
-    model = randomize(sequential())
+    model = sequential()
+    randomize_bn(model)
     model.save(tmp_path / ORIGINAL)
     model.save(tmp_path / FOLDED)
     reference, candidates, _ = runners_for(tmp_path)
@@ -310,7 +315,7 @@ def _external_data_parity(model, directory):
 
 def test_onnx_with_external_data_loads_and_matches(tmp_path):
     model = conv_bn_classifier()
-    randomize(model)
+    randomize_bn(model)
     export_onnx(model, tmp_path / ONNX, external_data=True, metadata={"source_model": "test"})
     data = tmp_path / (ONNX + ".data")
     assert data.is_file() and data.stat().st_size > (tmp_path / ONNX).stat().st_size

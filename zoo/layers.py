@@ -145,11 +145,10 @@ class NearestUpsampling2D(keras.layers.Layer):
     def __init__(self, factor: int | tuple[int, int] = 2, **kwargs):
         super().__init__(**kwargs)
         rows, columns = (factor, factor) if isinstance(factor, int) else factor
-        self.factor = int(factor) if isinstance(factor, int) else (int(rows), int(columns))
-        self._rows, self._columns = int(rows), int(columns)
+        self.rows, self.columns = int(rows), int(columns)
 
     def call(self, x):
-        rows, columns, channels = self._rows, self._columns, x.shape[-1]
+        rows, columns, channels = self.rows, self.columns, x.shape[-1]
         shape = keras.ops.shape(x)
         x = keras.ops.expand_dims(keras.ops.expand_dims(x, 2), 4)  # B, H, 1, W, 1, C
         x = keras.ops.broadcast_to(x, (shape[0], shape[1], rows, shape[2], columns, channels))
@@ -157,10 +156,11 @@ class NearestUpsampling2D(keras.layers.Layer):
 
     def compute_output_shape(self, shape):
         grow = lambda d, f: None if d is None else d * f  # noqa: E731
-        return (shape[0], grow(shape[1], self._rows), grow(shape[2], self._columns), shape[3])
+        return (shape[0], grow(shape[1], self.rows), grow(shape[2], self.columns), shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
+        factor = self.rows if self.rows == self.columns else [self.rows, self.columns]
+        return {**super().get_config(), "factor": factor}
 
 
 @keras.saving.register_keras_serializable(package="zoo")
