@@ -55,7 +55,8 @@ def tflite_ready(model: Any):
             return False
         keep = {key: config[key] for key in ("name", "trainable", "dtype") if key in config}
         entry.update(class_name=NearestUpsampling2D.__name__, module=None,
-                     registered_name=keras.saving.get_registered_name(NearestUpsampling2D), config={**keep, "factor": list(config["size"])})
+                     registered_name=keras.saving.get_registered_name(NearestUpsampling2D),
+                     config={**keep, "factor": list(config["size"])})
         return True
 
     return rebuild(model, swap)
