@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from export.artifacts import ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
-from export.atomic import atomic_output
+from export.atomic import write_text
 from export.errors import ExportError
 from export.timing import paired_ratios, summarize, time_interleaved
 
@@ -65,11 +65,8 @@ class BenchReport:
                 "settings": self.settings, "environment": environment(), "runtimes": self.runtimes,
                 "notes": self.notes, "rows": [vars(row) | {"ratio_iqr": list(row.ratio_iqr)} for row in self.rows]}
 
-    def write_json(self, path: Path | str) -> Path:
-        path = Path(path).expanduser()
-        with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+    def write_json(self, path: Path | str, *, overwrite: bool = False) -> Path:
+        return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
 
     def table(self) -> str:
         header = ("runtime", "batch", "cold start ms", "p50 ms", "p90 ms", "p99 ms", "images/s",

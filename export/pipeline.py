@@ -1,6 +1,7 @@
 """One export run: load a `.keras`, fold BN, write every requested format into one directory, check parity.
 
-The export directory is written atomically as a whole (complete, or the previous one untouched):
+The export directory is written atomically as a whole (complete, or the previous one untouched), and replaces only
+an earlier export (export/atomic.py: zoo's manifest, `.zoo-manifest.json`, says what zoo wrote):
 
     model.keras          the original model (the parity reference)
     model_folded.keras   after BN folding (--fold-bn)
@@ -20,11 +21,13 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
-from export.atomic import atomic_output
+from export.atomic import atomic_output, check_target
 from export.errors import ExportError
 from export.fold_bn import FoldReport, fold_batchnorm
 from export.fp16 import Fp16Report
 from export.loading import load_keras
+
+EXPORT = "export"  # the kind of folder in zoo's manifest
 
 
 @dataclass
@@ -49,12 +52,14 @@ def export_model(
     onnx_external_data: bool | None = None,
     parity_sizes: list[tuple[int, int]] | None = None,
     fp16: bool = False,
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export the `.keras` model at `src` into `out_dir` (created or replaced atomically).
+    """Export the `.keras` model at `src` into `out_dir` (created, or an earlier export replaced, atomically).
 
     `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB).
     `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written.
-    `fp16`: also write model_fp16.onnx, converted from model.onnx (after folding, so the fold is done in float32)."""
+    `fp16`: also write model_fp16.onnx, converted from model.onnx (after folding, so the fold is done in float32).
+    `overwrite`: replace whatever is at `out_dir`, even if zoo did not write it (never `src` itself)."""
     from export.fp16 import convert_fp16
     from export.onnx import EXTERNAL_DATA_SUFFIX, export_onnx
     from export.savedmodel import export_savedmodel
@@ -63,16 +68,17 @@ def export_model(
     if fp16 and not onnx:
         raise ExportError("--fp16 converts the ONNX model: add --onnx")
     src, out_dir = Path(src), Path(out_dir).expanduser()
+    destination = {"kind": EXPORT, "overwrite": overwrite, "sources": [src]}
+    check_target(out_dir, **destination)  # before the model loads
     model = load_keras(src)
     if parity_sizes is not None:
         from export.parity import standard_input_sets
         from export.signature import describe
 
         standard_input_sets(describe(model).inputs, sizes=parity_sizes)  # raises for a fixed-size model
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     result = ExportResult(out_dir)
     meta = {"zoo_version": _version(), "source_model": str(src), **(metadata or {})}
-    with atomic_output(out_dir) as tmp:
+    with atomic_output(out_dir, **destination) as tmp:
         tmp.mkdir()
         shutil.copyfile(src, tmp / ORIGINAL)
         target = model

@@ -30,6 +30,7 @@ from export.ort_session import (  # noqa: F401 - CUDA, CPU, cuda_available, cuda
     run_bound,
 )
 from export.savedmodel import SIGNATURE_KEY
+from export.tensor_types import from_ort
 from export.signature import ModelSignature, describe
 
 
@@ -38,6 +39,7 @@ class Runner(Protocol):
     input_names: list[str]
     output_names: list[str]
     input_shapes: dict[str, tuple[int | None, ...]]
+    input_dtypes: dict[str, str]  # NumPy dtype names, e.g. "float32", "int64"
     detail: str
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -58,6 +60,7 @@ class KerasRunner:
         self.input_names = self.signature.input_names
         self.output_names = self.signature.output_names
         self.input_shapes = {t.name: tuple(t.shape) for t in self.signature.inputs}
+        self.input_dtypes = {t.name: t.dtype for t in self.signature.inputs}
         self.detail = f"Keras {keras.__version__} ({keras.backend.backend()}), {source}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,6 +89,7 @@ class SavedModelRunner:
         self.input_names = sorted(self._keyword)
         self.output_names = sorted(self._function.structured_outputs)
         self.input_shapes = {spec.name: tuple(spec.shape.as_list()) for spec in kwargs.values()}
+        self.input_dtypes = {spec.name: spec.dtype.name for spec in kwargs.values()}
         self.detail = f"TensorFlow {tf.__version__}, signature {SIGNATURE_KEY}"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,6 +133,7 @@ class OrtRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self.session.get_inputs()}
+        self.input_dtypes = {i.name: from_ort(i.type).numpy or i.type for i in self.session.get_inputs()}
         self.input_shapes = {n: tuple(d[axis] for axis in (0, 2, 3, 1)) if n in self._nchw_inputs else d
                              for n, d in dims.items()}
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
@@ -176,6 +181,7 @@ class TFLiteRunner:
         details = self._runner.get_input_details()
         self.input_shapes = {n: tuple(int(d) if d > 0 else None for d in details[n]["shape_signature"])
                              for n in self.input_names}
+        self.input_dtypes = {n: np.dtype(details[n]["dtype"]).name for n in self.input_names}
         self.detail = runtime
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

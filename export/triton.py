@@ -10,16 +10,18 @@ batched by Triton, so `max_batch_size: 0` and the full dims are written. -1 mark
 only a batch (shape [N]) gets `dims: [1]` with `reshape { shape: [] }`, Triton's way to say "one scalar per row".
 
 Triton runs the ONNX graph as it is: an `--nchw` export is described with its NCHW dims.
-The model folder is written atomically (export/atomic.py): a failure leaves any previous version untouched.
+The model folder is written atomically (export/atomic.py): a failure leaves any previous version untouched, and a
+model folder zoo did not write is not replaced.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.atomic import atomic_output
+from export.atomic import atomic_output, check_target
 from export.errors import ExportError, first_line
 from export.onnx import EXTERNAL_DATA_SUFFIX
 from export.tensor_types import from_onnx
@@ -29,6 +31,7 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+TRITON_MODEL = "Triton model"  # the kind of folder in zoo's manifest
 
 
 @dataclass(frozen=True)
@@ -101,32 +104,42 @@ def triton_config(onnx_path: Path | str, name: str, *, max_batch_size: int = 8,
 
 
 def write_triton_repository(onnx_path: Path | str, repository: Path | str, name: str, *, max_batch_size: int = 8,
-                            instance_kind: str = "gpu") -> Path:
-    """Write REPO/<name>/{config.pbtxt, 1/model.onnx[.data]} atomically; returns the model folder."""
+                            instance_kind: str = "gpu", overwrite: bool = False) -> Path:
+    """Write REPO/<name>/{config.pbtxt, 1/model.onnx[.data]} atomically; returns the model folder. An existing
+    model folder is replaced only if zoo wrote it (export/atomic.py) or `overwrite`."""
     onnx_path, repository = Path(onnx_path), Path(repository).expanduser()
     if not onnx_path.is_file():
         raise ExportError(f"no ONNX model at {onnx_path} to put in the Triton repository")
-    if repository.exists() and not repository.is_dir():
-        raise ExportError(f"Triton repository {repository} is a file, not a folder; choose another path")
     config = triton_config(onnx_path, name, max_batch_size=max_batch_size, instance_kind=instance_kind)
-    created = not repository.exists()
+    model_dir = check_triton_target(repository, config.name, overwrite=overwrite)
+    with atomic_output(model_dir, kind=TRITON_MODEL, overwrite=overwrite, option="--triton") as tmp:
+        (tmp / VERSION).mkdir(parents=True)
+        shutil.copyfile(onnx_path, tmp / VERSION / MODEL_FILE)
+        data = onnx_path.with_name(onnx_path.name + EXTERNAL_DATA_SUFFIX)
+        if data.is_file():  # the graph refers to it by this name, relative to its own folder
+            shutil.copyfile(data, tmp / VERSION / (MODEL_FILE + EXTERNAL_DATA_SUFFIX))
+        (tmp / CONFIG_FILE).write_text(config.to_pbtxt())
+    return model_dir
+
+
+def check_triton_target(repository: Path | str, name: str, *, overwrite: bool = False) -> Path:
+    """REPO/<sanitized name>, after checking that it can be written: the repository is a folder (or can be
+    created), the name fits the file system, and any model folder there is zoo's (or `overwrite`). Cheap, so
+    `zoo export --triton` calls it before exporting anything."""
+    repository = Path(repository).expanduser()
+    if os.path.lexists(repository) and not repository.is_dir():
+        raise ExportError(f"Triton repository {repository} is a file, not a folder; choose another --triton")
+    name = sanitize_model_name(name)
+    existing = next((p for p in (repository, *repository.parents) if p.is_dir()), Path("."))
     try:
-        repository.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create Triton repository {repository}: {e.strerror or e}") from None
-    model_dir = repository / config.name
-    try:
-        with atomic_output(model_dir) as tmp:
-            (tmp / VERSION).mkdir(parents=True)
-            shutil.copyfile(onnx_path, tmp / VERSION / MODEL_FILE)
-            data = onnx_path.with_name(onnx_path.name + EXTERNAL_DATA_SUFFIX)
-            if data.is_file():  # the graph refers to it by this name, relative to its own folder
-                shutil.copyfile(data, tmp / VERSION / (MODEL_FILE + EXTERNAL_DATA_SUFFIX))
-            (tmp / CONFIG_FILE).write_text(config.to_pbtxt())
-    except BaseException:
-        if created:
-            shutil.rmtree(repository, ignore_errors=True)
-        raise
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(name.encode()) > limit:
+        raise ExportError(f"Triton model name {name[:40]}… is {len(name.encode())} bytes; this file system allows "
+                          f"{limit}: give a shorter --triton-name")
+    model_dir = repository / name
+    check_target(model_dir, kind=TRITON_MODEL, overwrite=overwrite, option="--triton")
     return model_dir
 
 

@@ -10,7 +10,6 @@ That costs one pass over the batches per BN layer (cnn_bn: 2; ResNet50: 53).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,21 +108,22 @@ def _input_statistics(model, layer, batches: Iterable[np.ndarray]) -> tuple[np.n
 
 
 def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: int = 64, seed: int = 0,
-                     evaluate: bool = True) -> dict[str, Any]:
+                     evaluate: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Recalibrate the `.keras` model at `src` on `dataset`'s training images (labels unused) and save it to `out`.
 
     With `evaluate`, a classifier whose class count matches the dataset is also scored on the dataset's test split
-    before and after (a measurement, not part of the recalibration)."""
+    before and after (a measurement, not part of the recalibration). `out` replaces only a file zoo wrote
+    (export/atomic.py) unless `overwrite`; it is never `src`."""
     import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
-    from export.atomic import atomic_output
+    from export.atomic import atomic_output, check_target
     from export.loading import load_keras
     from zoo.data import load_dataset, make_pipeline
 
     out = Path(out).expanduser()
     if out.suffix != ".keras":
         raise ZooError(f"--out {out} must end in .keras")
-    if not out.parent.is_dir():
-        raise ZooError(f"cannot write {out}: folder {out.parent} does not exist")
+    destination = {"overwrite": overwrite, "sources": [src]}
+    check_target(out, **destination)
     for name, value in (("batches", batches), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ZooError(f"{name} must be a positive integer, not {value!r}")
@@ -140,13 +140,8 @@ def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: i
     before = accuracy(model, pipeline(data.test, False)) if scored else None
     shifts = recalibrate_bn(model, images)
     after = accuracy(model, pipeline(data.test, False)) if scored else None
-    staged = out.with_name(f".{out.stem}.staging-{os.getpid()}.keras")  # Keras saves only to *.keras names
-    try:
-        model.save(staged)
-        with atomic_output(out) as tmp:
-            staged.rename(tmp)
-    finally:
-        staged.unlink(missing_ok=True)
+    with atomic_output(out, suffix=".keras", **destination) as tmp:  # Keras saves only to *.keras names
+        model.save(tmp)
     return {"source": str(src), "out": str(out), "dataset": data.name, "images": int(sum(len(b) for b in images)),
             "layers": [s.to_dict() for s in shifts], "test_accuracy_before": before, "test_accuracy_after": after}
 

@@ -58,15 +58,15 @@ def finetune(
     seed: int = 0,
     augment: bool = True,
     verbose: int | str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune `base` (a run directory or a `.keras` file) on `dataset`; write the run into `out` and return the
-    metrics (also in metrics.json)."""
+    metrics (also in metrics.json). `overwrite`: write into `out` even if zoo did not write it (zoo/runs.py)."""
     from export.loading import load_keras
     from zoo.adabn import bn_layers
     from zoo.data import load_dataset, make_pipeline, steps_per_epoch
-    from zoo.runs import resolve_source
-    from zoo.train import (check_positive, compile_classifier, dataset_facts, plot_curves, run_directory,
-                           write_history, write_metrics)
+    from zoo.runs import check_run_target, resolve_source, run_directory, write_metrics
+    from zoo.train import check_positive, compile_classifier, dataset_facts, plot_curves, write_history
     import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
 
     started = time.perf_counter()
@@ -83,6 +83,8 @@ def finetune(
     check_positive("batch_size", batch_size, integer=True)
 
     source = resolve_source(Path(base))
+    out = Path(out).expanduser()
+    check_run_target(out, RUN_FILES, overwrite=overwrite, sources=[source.keras_path])
     base_model = load_keras(source.keras_path)
     side, channels = square_image_input(base_model, "finetune")
     features, tail = split_model(base_model, cut)
@@ -91,8 +93,7 @@ def finetune(
         raise ZooError(f"the base's head has {base_model.outputs[0].shape[-1]} outputs but {data.name} has "
                        f"{data.num_classes} classes; drop --keep-head to train a new head for them")
 
-    out = Path(out).expanduser()
-    with run_directory(out, RUN_FILES) as staging:
+    with run_directory(out, RUN_FILES, overwrite=overwrite, sources=[source.keras_path]) as staging:
         keras.utils.set_random_seed(seed)
         backbone = keras.Model(base_model.inputs, features, name="backbone")
         model = _with_head(backbone, tail if keep_head else None, data.num_classes, side, channels)

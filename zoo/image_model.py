@@ -25,6 +25,12 @@ class ImageModel:
             raise ZooError(f"{path} has inputs {self.runner.input_names} and outputs {self.runner.output_names}; "
                            f"an image model has one of each")
         self.input_name, self.output_name = self.runner.input_names[0], self.runner.output_names[0]
+        shape, dtype = self.runner.input_shapes[self.input_name], self.runner.input_dtypes[self.input_name]
+        if len(shape) != 4 or not dtype.startswith("float"):
+            dims = "×".join("?" if d is None else str(d) for d in shape)
+            raise ZooError(f"{path} takes {dtype} input {self.input_name!r} of shape {dims}; an image model takes "
+                           f"float images, batch×H×W×C (C = 1 or 3), e.g. a style network or denoiser exported by "
+                           f"`zoo export`")
         self.detail = f"{self.runner.name}: {self.runner.detail}"
         channels = self.runner.input_shapes[self.input_name][-1]
         self.channels = int(channels) if channels is not None else None

@@ -73,15 +73,29 @@ def list_images(folder: Path | str, *, option: str) -> list[str]:
     return files
 
 
-def output_paths(images: list[str], out: Path) -> list[Path]:
-    """OUT/<stem>.png for each input (a file or skimage:NAME); two inputs with one stem are an error."""
+def output_paths(images: list[str], out: Path, *, variants: tuple[str, ...] = ("",), what: tuple[str, ...] = ("",),
+                 overwrite: bool = False) -> list[list[Path]]:
+    """OUT/<stem><variant>.png for each input (a file or skimage:NAME) and each variant, checked before anything
+    runs: no two outputs share a path, none is an input, and none replaces a file zoo did not write (export/atomic.py)
+    unless `overwrite`. `what` describes each variant in the collision error ("the noisy copy of")."""
+    from export.atomic import check_target
+
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} is a file; give a folder")
     stems = [Path(spec.partition(":")[2] if spec.startswith("skimage:") else spec).stem for spec in images]
-    seen = {stem for stem in stems if stems.count(stem) > 1}
-    if seen:
-        raise ZooError(f"two inputs would both be written as {sorted(seen)[0]}.png; rename one or run them apart")
-    return [out / f"{stem}.png" for stem in stems]
+    planned = [[out / f"{stem}{variant}.png" for variant in variants] for stem in stems]
+    seen: dict[Path, str] = {}
+    for spec, paths in zip(images, planned):
+        for path, role in zip(paths, what or ("",) * len(paths)):
+            described = f"{role + ' ' if role else 'the result of '}{spec}"
+            if path in seen:
+                raise ZooError(f"{path} would be written twice, for {seen[path]} and for {described}; rename an "
+                               f"input or run them apart")
+            seen[path] = described
+    files = [spec for spec in images if not spec.startswith("skimage:")]
+    for path in seen:
+        check_target(path, overwrite=overwrite, sources=files)
+    return planned
 
 
 def ensure_dir(folder: Path) -> None:
@@ -91,15 +105,17 @@ def ensure_dir(folder: Path) -> None:
         raise ZooError(f"cannot create {folder}: {error.strerror or error}; choose another --out") from None
 
 
-def save_image(image: np.ndarray, path: Path) -> Path:
-    """Write float [0, 1] H×W×3 as an 8-bit PNG (or the format the suffix names), atomically."""
+def save_image(image: np.ndarray, path: Path, *, overwrite: bool = False) -> Path:
+    """Write float [0, 1] H×W×3 as an 8-bit PNG (or the format the suffix names), atomically; an existing file is
+    replaced only if zoo wrote it (export/atomic.py) or `overwrite`."""
     from PIL import Image
 
     from export.atomic import atomic_output
 
+    fmt = _format(path)
     pixels = np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
-    with atomic_output(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format=_format(path))
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        Image.fromarray(pixels).save(tmp, format=fmt)
     return path
 
 
@@ -151,6 +167,7 @@ def _read_file(path: Path, *, max_pixels: int, what: str) -> np.ndarray:
         raise ZooError(f"{what} {path} does not exist")
     if not os.access(path, os.R_OK):
         raise ZooError(f"{what} {path} is not readable (permissions)")
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours is --max-pixels, checked from the header
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -170,6 +187,8 @@ def _read_file(path: Path, *, max_pixels: int, what: str) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ZooError(f"{what} {path} is not a readable image ({type(exc).__name__}); give a PNG or JPEG file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _skimage_photo(name: str) -> np.ndarray:

@@ -1,17 +1,94 @@
-"""Where `zoo export` / `zoo parity` find their input: a run directory, an export directory or a `.keras` file."""
+"""Run folders: where training writes them (`run_directory`) and where `zoo export` / `zoo parity` find their
+input (a run folder, an export folder or a `.keras` file).
+
+A run folder is written the way every zoo output is (export/atomic.py): staged in a partial folder beside it and
+published only when training succeeded, so a failure, Ctrl-C or SIGTERM leaves `out` as it was. It is a zoo output
+of kind "run": its manifest lets a later run replace the run's own files (and keep anything else in the folder);
+a folder zoo did not write, or one of the run's files changed since, is refused unless `overwrite`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from zoo.errors import ZooError
 
 MODEL_FILE = "model.keras"
+RUN = "run"
+
+
+@contextlib.contextmanager
+def run_directory(out: Path, files: tuple[str, ...], *, overwrite: bool = False,
+                  sources: Iterable[Path | str] = ()) -> Iterator[Path]:
+    """Yield a staging folder beside `out` to write a run into; on success move `files` into `out`. Checked up
+    front: `out` may take the run (see the module docstring) and is none of `sources`."""
+    from export.atomic import make_partial_dir
+
+    out = Path(out).expanduser()
+    check_run_target(out, files, overwrite=overwrite, sources=sources)
+    try:
+        staging = make_partial_dir(out)
+    except OSError as error:
+        raise ZooError(f"cannot write to {out}: {error.strerror or error}; choose another --out") from None
+    try:
+        yield staging
+        publish(staging, out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_run_target(out: Path, files: tuple[str, ...], *, overwrite: bool = False,
+                     sources: Iterable[Path | str] = ()) -> None:
+    """Raise unless a run may be written into `out` (creating its missing parent folders, as every output does)."""
+    from export.atomic import check_files_replaceable, check_target, foreign_entries, read_manifest
+
+    check_target(out, kind=RUN, overwrite=True, sources=sources)  # never one of the inputs, even with overwrite
+    if os.path.lexists(out) and not overwrite:
+        if out.is_symlink() or not out.is_dir():
+            raise ZooError(f"--out {out} is a file; a run is a folder: choose another --out or pass --overwrite "
+                           f"to replace it")
+        manifest = read_manifest(out)
+        if manifest is None or manifest.get("kind") != RUN:
+            reason = foreign_entries(out, RUN)
+            if reason:
+                raise ZooError(f"--out {out} is not a zoo run folder ({reason}): choose another --out or pass "
+                               f"--overwrite to write the run's files into it")
+        check_files_replaceable(out, files)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ZooError(f"cannot create folder {out.parent} for --out {out}: {error.strerror or error}; choose "
+                       f"another --out") from None
+    if not os.access(out.parent, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
+        raise ZooError(f"cannot write to {out}: permission denied; choose another --out")
+
+
+def publish(staging: Path, out: Path, files: tuple[str, ...]) -> None:
+    """Move the finished `files` into `out` and record them as zoo's (a fresh `out` is renamed into place in one
+    step, its manifest inside)."""
+    from export.atomic import entry_of, record_written, write_manifest
+
+    entries = {name: entry_of(staging / name) for name in files}
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
+        out.unlink()  # a file at `out` (the check allowed it: overwrite)
+    if not out.exists():
+        write_manifest(staging, {"kind": RUN, "entries": entries})
+        staging.rename(out)
+        return
+    for name in files:
+        (staging / name).replace(out / name)
+    record_written(out / files[0], entries=entries, kind=RUN)
+
+
+def write_metrics(staging: Path, metrics: dict[str, Any]) -> None:
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

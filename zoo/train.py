@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +23,7 @@ from zoo.distribute import as_float32, make_strategy, mixed_policy, synchronize_
 from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
 from zoo.registry import create_model, get_model_spec
+from zoo.runs import run_directory, write_metrics
 
 RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png")
 
@@ -55,6 +52,7 @@ def train(
     keep_best: bool = False,
     mixed_precision: bool = False,
     jit: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train `model_name` and write the run into `out`; returns the metrics (also in metrics.json).
 
@@ -85,7 +83,7 @@ def train(
     batch_size, lr = plan.batch_size, plan.lr
     out = Path(out).expanduser()
     checkpoints = checkpoint_dir(out)
-    with run_directory(out, RUN_FILES) as staging:
+    with run_directory(out, RUN_FILES, overwrite=overwrite) as staging:
         keras.utils.set_random_seed(seed)
         data = load_dataset(dataset, seed=seed)
         epochs = data.default_epochs if plan.epochs is None else plan.epochs
@@ -248,47 +246,6 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
     kinds = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
         raise ZooError(f"{name} must be a positive {'integer' if integer else 'number'}, not {value!r}")
-
-
-@contextlib.contextmanager
-def run_directory(out: Path, files: tuple[str, ...]) -> Iterator[Path]:
-    """Yield a staging directory beside `out` to write a run into; on success move `files` into `out`. The staging
-    directory is removed either way, so a failure or Ctrl-C leaves `out` as it was."""
-    staging = staging_dir(out)
-    try:
-        yield staging
-        publish(staging, out, files)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_metrics(staging: Path, metrics: dict[str, Any]) -> None:
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-
-def staging_dir(out: Path) -> Path:
-    """Create the staging directory beside `out`; this is the up-front proof that `out` can be written."""
-    try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"{out} is a file")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        if out.is_dir() and not os.access(out, os.W_OK):
-            shutil.rmtree(staging)
-            raise PermissionError(f"{out} is not writable")
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ZooError(f"cannot write to {out}: {reason}; choose another --out") from None
-    return staging
-
-
-def publish(staging: Path, out: Path, files: tuple[str, ...]) -> None:
-    """Move the finished `files` into `out` (a fresh `out` is renamed into place in one step)."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    for name in files:
-        (staging / name).replace(out / name)
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:

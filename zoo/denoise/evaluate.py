@@ -31,24 +31,25 @@ def _open(model, device: str):
 
 
 def denoise_files(model, images: list[str], out: Path, *, sigma: float | None = None, device: str = "auto",
-                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], str]:
+                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False) -> tuple[list[Path], str]:
     """Denoise each image into OUT/<stem>.png. With `sigma`, Gaussian noise of that σ is added first (seeded) and
-    the noisy input is written too (OUT/<stem>_noisy.png), to see what the model removes."""
+    the noisy input is written too (OUT/<stem>_noisy.png), to see what the model removes. Every output is planned
+    and checked before the model runs (zoo/images.py `output_paths`)."""
     if not images:
         raise ZooError("give at least one image after the model: zoo denoise MODEL IMAGE...")
     if sigma is not None:
         check_sigma(sigma)
-    targets = output_paths(images, Path(out).expanduser())
+    variants, roles = (("_noisy", ""), ("the noisy copy of", "")) if sigma is not None else (("",), ("",))
+    targets = output_paths(images, Path(out).expanduser(), variants=variants, what=roles, overwrite=overwrite)
     runner = _open(model, device)
     clean = [to_channels(read_image(spec, max_pixels=max_pixels), runner.channels) for spec in images]
     inputs = [add_noise(c, sigma, seed + i) for i, c in enumerate(clean)] if sigma is not None else clean
     outputs = runner(inputs, batch_size=1)
-    ensure_dir(targets[0].parent)
+    ensure_dir(targets[0][0].parent)
     written = []
-    for noisy, image, path in zip(inputs, outputs, targets):
-        if sigma is not None:
-            written.append(save_image(_rgb(noisy), path.with_name(f"{path.stem}_noisy.png")))
-        written.append(save_image(_rgb(image), path))
+    for noisy, image, paths in zip(inputs, outputs, targets):
+        images_out = (noisy, image) if sigma is not None else (image,)
+        written += [save_image(_rgb(x), path, overwrite=overwrite) for x, path in zip(images_out, paths)]
     return written, runner.detail
 
 

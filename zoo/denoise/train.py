@@ -24,7 +24,8 @@ import numpy as np
 import zoo
 from zoo.denoise.data import HELD_OUT, TRAIN_IMAGES, add_noise, check_sigma, load_images, patch_pipeline, training_specs
 from zoo.errors import ZooError
-from zoo.train import check_positive, run_directory, write_metrics
+from zoo.runs import run_directory, write_metrics
+from zoo.train import check_positive
 
 RUN_FILES = ("model.keras", "history.csv", "curves.png", "metrics.json")
 STEPS_PER_EPOCH = 50
@@ -35,7 +36,7 @@ WARMUP_FRACTION = 0.05
 def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"], patch: int = DEFAULTS["patch"],
                 batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], depth: int = 17,
                 filters: int = 64, channels: int = 1, images: Path | str | None = None, seed: int = 0,
-                verbose: int | str = "auto") -> dict[str, Any]:
+                verbose: int | str = "auto", overwrite: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     sigma = check_sigma(sigma)
     for name, value in (("steps", steps), ("patch", patch), ("batch_size", batch_size)):
@@ -52,7 +53,7 @@ def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"
     from zoo.train import plot_curves
 
     out = Path(out).expanduser()
-    with run_directory(out, RUN_FILES) as staging:
+    with run_directory(out, RUN_FILES, overwrite=overwrite, sources=[images] if images else ()) as staging:
         keras.utils.set_random_seed(seed)
         model = create_model("dncnn", input_shape=(None, None, channels), depth=depth, filters=filters)
         per_epoch = min(STEPS_PER_EPOCH, steps)

@@ -20,18 +20,19 @@ from zoo.images import (DEFAULT_MAX_PIXELS, ensure_dir, fit_long_side, output_pa
 
 
 def stylize_files(model: Path | str, images: list[str], out: Path, *, device: str = "auto", batch_size: int = 4,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], str]:
-    """Stylize each image with `model`; returns (written paths, what ran)."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, overwrite: bool = False) -> tuple[list[Path], str]:
+    """Stylize each image with `model`; returns (written paths, what ran). Outputs are checked before the model
+    runs (zoo/images.py `output_paths`)."""
     from zoo.image_model import ImageModel
 
     if not images:
         raise ZooError("give at least one image after the model: zoo stylize MODEL IMAGE...")
-    targets = output_paths(images, Path(out).expanduser())
+    targets = [paths[0] for paths in output_paths(images, Path(out).expanduser(), overwrite=overwrite)]
     pixels = [read_image(spec, max_pixels=max_pixels) for spec in images]
     runner = ImageModel(model, device=device)
     outputs = runner(pixels, batch_size=batch_size)
     ensure_dir(targets[0].parent)
-    return [save_image(image, path) for image, path in zip(outputs, targets)], runner.detail
+    return [save_image(image, path, overwrite=overwrite) for image, path in zip(outputs, targets)], runner.detail
 
 
 def optimize_image(

@@ -25,7 +25,8 @@ import numpy as np
 import zoo
 from zoo.errors import ZooError
 from zoo.images import center_crop, list_images, read_image, resize_short_side
-from zoo.train import check_positive, run_directory, write_metrics
+from zoo.runs import run_directory, write_metrics
+from zoo.train import check_positive
 
 TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "hubble_deep_field", "immunohistochemistry", "retina", "clock")
 HELD_OUT_PHOTOS = ("coffee", "rocket")
@@ -53,6 +54,7 @@ def train_style(
     seed: int = 0,
     width: int = 32,
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and write the run into `out`; returns the metrics (also in metrics.json)."""
     started = time.perf_counter()
@@ -76,7 +78,8 @@ def train_style(
     from zoo.style.losses import build_loss_network, content_loss, gram, style_loss, total_variation
 
     out = Path(out).expanduser()
-    with run_directory(out, RUN_FILES) as staging:
+    inputs = [spec for spec in (style, content) if spec is not None and not str(spec).startswith("skimage:")]
+    with run_directory(out, RUN_FILES, overwrite=overwrite, sources=inputs) as staging:
         keras.utils.set_random_seed(seed)
         net = build_loss_network(loss_net, weights_path=vgg_weights, seed=seed)
         model = create_model("style_transformer", norm=norm, width=width)
