@@ -46,7 +46,7 @@ def atomic_output(final_path: Path | str, *, kind: str | None = None, overwrite:
     `*.keras`)."""
     final_path = Path(final_path)
     check_target(final_path, kind=kind, overwrite=overwrite, sources=sources, option=option)
-    created = _make_parents(final_path.parent, final_path, option)
+    created = make_parents(final_path, option)
     remove_stale_partials(final_path)
     tmp = _sibling(final_path, PARTIAL, suffix)
     try:
@@ -60,9 +60,7 @@ def atomic_output(final_path: Path | str, *, kind: str | None = None, overwrite:
         _move_into_place(tmp, final_path)
     except BaseException:
         _remove(tmp)
-        for folder in reversed(created):
-            with suppress(OSError):
-                folder.rmdir()
+        remove_empty(created)
         raise
     if kind is None:
         record_written(final_path)
@@ -95,7 +93,7 @@ def check_target(path: Path | str, *, kind: str | None = None, overwrite: bool =
                 "already exists and zoo did not write it (or it changed since)"
             raise ExportError(f"{option} {path} {what}: {way_out}")
         return
-    reason = foreign_entries(path, kind)
+    reason = refusal_reason(path, kind)
     if reason:
         raise ExportError(f"{option} {path} is a folder zoo may not replace ({reason}): {way_out}")
 
@@ -112,7 +110,7 @@ def check_files_replaceable(folder: Path, names: Iterable[str], *, overwrite: bo
                           f"since): choose another {option} or pass --overwrite to replace it")
 
 
-def foreign_entries(folder: Path, kind: str) -> str | None:
+def refusal_reason(folder: Path, kind: str) -> str | None:
     """Why a writer of `kind` may not replace `folder` (None: it may). An empty folder is free."""
     present = sorted(entry.name for entry in folder.iterdir() if entry.name != MANIFEST)
     manifest = read_manifest(folder)
@@ -227,32 +225,37 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
-def _make_parents(parent: Path, final_path: Path, option: str) -> list[Path]:
-    """Create the missing folders above `final_path`; the ones created, outermost first."""
-    missing = []
+def make_parents(final_path: Path, option: str = "--out") -> list[Path]:
+    """Create the missing folders above `final_path`; returns the ones created, outermost first, so that a writer
+    that fails can remove them again. ExportError (one line) when they cannot be created or written."""
+    parent, missing = final_path.parent, []
     folder = parent
-    while not folder.exists():
+    while not os.path.lexists(folder) and folder.parent != folder:
         missing.append(folder)
-        if folder.parent == folder:
-            break
         folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {option} {final_path}: {folder} is a file, not a folder; choose another "
+                          f"{option}")
     created = []
     for folder in reversed(missing):
         try:
             folder.mkdir()
         except OSError as error:
-            for made in reversed(created):
-                with suppress(OSError):
-                    made.rmdir()
+            remove_empty(created)
             raise ExportError(f"cannot create folder {folder} for {option} {final_path}: "
                               f"{error.strerror or error}; choose another {option}") from None
         created.append(folder)
-    if not parent.is_dir():
-        raise ExportError(f"cannot write {option} {final_path}: {parent} is not a folder; choose another {option}")
     if not os.access(parent, os.W_OK):
         raise ExportError(f"cannot write {option} {final_path}: folder {parent} is not writable; choose another "
                           f"{option}")
     return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders `make_parents` created (innermost first), as far as they are still empty."""
+    for folder in reversed(folders):
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def _sibling(final_path: Path, what: str, suffix: str) -> Path:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from export.artifacts import FOLDED, ONNX, ORIGINAL, SAVEDMODEL, TFLITE, runners_for
-from export.atomic import atomic_output
+from export.atomic import MANIFEST, atomic_output
 from export.errors import ExportError
 from export.onnx import export_onnx
 from export.parity import standard_input_sets, make_inputs, run_parity
@@ -273,9 +273,10 @@ def test_atomic_output_replaces_only_on_success(tmp_path):
         tmp.mkdir()
         (tmp / "v3").write_text("3")
     assert [p.name for p in target.iterdir()] == ["v3"]  # a folder replaces a folder
-    assert [p.name for p in tmp_path.iterdir()] == ["saved_model"]  # no temporaries or backups left
-    with pytest.raises(ExportError, match="does not exist"), atomic_output(tmp_path / "missing" / "model.onnx"):
-        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "saved_model"]  # no temporaries or backups
+    with atomic_output(tmp_path / "missing" / "model.onnx") as tmp:  # missing parents are created
+        tmp.write_text("onnx")
+    assert (tmp_path / "missing" / "model.onnx").read_text() == "onnx"
 
 
 def test_corrupted_model_fails_parity(tmp_path):

@@ -46,6 +46,7 @@ def test_sigkill_mid_training_then_resume_matches_the_uninterrupted_run(tmp_path
     assert process.wait() == -signal.SIGKILL
     killed_at = json.loads(state.read_text())["epoch"]
     assert 2 <= killed_at < EPOCHS and not out.exists()
+    assert any(p.name.startswith(".killed.partial-") for p in tmp_path.iterdir())  # SIGKILL cannot clean up
 
     resumed = subprocess.run(zoo_command("train", "cnn_bn", *SETTINGS, "--out", out, "--resume"), env=env,
                              capture_output=True, text=True, timeout=300)
@@ -55,6 +56,7 @@ def test_sigkill_mid_training_then_resume_matches_the_uninterrupted_run(tmp_path
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
     assert not state.parent.exists()  # removed once the run is published
+    assert not any(p.name.startswith(".killed.partial-") for p in tmp_path.iterdir())  # the killed run's, removed
 
     straight = tmp_path / "straight"
     subprocess.run(zoo_command("train", "cnn_bn", *SETTINGS, "--out", straight), env=env, check=True,

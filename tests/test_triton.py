@@ -55,7 +55,7 @@ def exported(keras_file, tmp_path_factory):
 def test_repository_layout_and_model_copy(exported):
     out, repo = exported
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == [
-        "tiny_net", "tiny_net/1", "tiny_net/1/model.onnx", "tiny_net/config.pbtxt"]
+        "tiny_net", "tiny_net/.zoo-manifest.json", "tiny_net/1", "tiny_net/1/model.onnx", "tiny_net/config.pbtxt"]
     assert filecmp.cmp(out / "model.onnx", repo / "tiny_net/1/model.onnx", shallow=False)
 
 

@@ -29,25 +29,31 @@ def run_directory(out: Path, files: tuple[str, ...], *, overwrite: bool = False,
                   sources: Iterable[Path | str] = ()) -> Iterator[Path]:
     """Yield a staging folder beside `out` to write a run into; on success move `files` into `out`. Checked up
     front: `out` may take the run (see the module docstring) and is none of `sources`."""
-    from export.atomic import make_partial_dir
+    from export.atomic import make_parents, make_partial_dir, remove_empty
 
     out = Path(out).expanduser()
     check_run_target(out, files, overwrite=overwrite, sources=sources)
+    created = make_parents(out)
+    published = False
     try:
         staging = make_partial_dir(out)
     except OSError as error:
+        remove_empty(created)
         raise ZooError(f"cannot write to {out}: {error.strerror or error}; choose another --out") from None
     try:
         yield staging
         publish(staging, out, files)
+        published = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not published:
+            remove_empty(created)
 
 
 def check_run_target(out: Path, files: tuple[str, ...], *, overwrite: bool = False,
                      sources: Iterable[Path | str] = ()) -> None:
-    """Raise unless a run may be written into `out` (creating its missing parent folders, as every output does)."""
-    from export.atomic import check_files_replaceable, check_target, foreign_entries, read_manifest
+    """Raise unless a run may be written into `out` (see the module docstring); nothing is created."""
+    from export.atomic import check_files_replaceable, check_target, refusal_reason, read_manifest
 
     check_target(out, kind=RUN, overwrite=True, sources=sources)  # never one of the inputs, even with overwrite
     if os.path.lexists(out) and not overwrite:
@@ -56,17 +62,12 @@ def check_run_target(out: Path, files: tuple[str, ...], *, overwrite: bool = Fal
                            f"to replace it")
         manifest = read_manifest(out)
         if manifest is None or manifest.get("kind") != RUN:
-            reason = foreign_entries(out, RUN)
+            reason = refusal_reason(out, RUN)
             if reason:
                 raise ZooError(f"--out {out} is not a zoo run folder ({reason}): choose another --out or pass "
                                f"--overwrite to write the run's files into it")
         check_files_replaceable(out, files)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ZooError(f"cannot create folder {out.parent} for --out {out}: {error.strerror or error}; choose "
-                       f"another --out") from None
-    if not os.access(out.parent, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
+    if out.is_dir() and not os.access(out, os.W_OK):
         raise ZooError(f"cannot write to {out}: permission denied; choose another --out")
 
 
