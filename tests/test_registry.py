@@ -128,3 +128,15 @@ def test_instance_norm_normalises_each_sample_and_channel():
     assert isinstance(norm_layer("batch", "bn"), keras.layers.BatchNormalization)
     with pytest.raises(ValueError, match="norm kind must be one of batch, instance"):
         norm_layer("layer", "ln")
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in list_models()])
+def test_every_bn_of_every_model_comes_from_the_one_factory(name):
+    """zoo/layers.py `batch_norm`: momentum 0.9 (small datasets) and epsilon 1e-3 in every registered model."""
+    from zoo.layers import BN_EPSILON, BN_MOMENTUM
+
+    model = create_model(name)
+    bns = [layer for layer in model._flatten_layers(include_self=False)
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    off = [(bn.name, bn.momentum, bn.epsilon) for bn in bns if (bn.momentum, bn.epsilon) != (BN_MOMENTUM, BN_EPSILON)]
+    assert bns and not off  # every model's default build has BN (style_transformer's default norm is batch)

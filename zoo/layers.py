@@ -13,6 +13,13 @@ NORM_KINDS = {"batch": "bn", "instance": "in"}  # kind -> layer-name suffix
 # moving statistics then lag the weights for many epochs and validation accuracy sits near chance early on.
 # 0.9 (PyTorch's default) tracks within ~10 steps.
 BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-3
+
+
+def batch_norm(name: str, **options) -> keras.layers.BatchNormalization:
+    """The one BatchNormalization every zoo model builds: momentum BN_MOMENTUM (above), Keras' epsilon 1e-3.
+    `options` are further BatchNormalization arguments (e.g. center=False, scale=False)."""
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, **options)
 
 
 def norm_layer(kind: str, name: str) -> keras.layers.Layer:
@@ -22,7 +29,7 @@ def norm_layer(kind: str, name: str) -> keras.layers.Layer:
     (what feed-forward style transfer wants); unlike BN it cannot be folded into the conv.
     """
     if kind == "batch":
-        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+        return batch_norm(name)
     if kind == "instance":
         return InstanceNormalization(name=name)
     raise ValueError(f"norm kind must be one of {', '.join(NORM_KINDS)}, not {kind!r}")

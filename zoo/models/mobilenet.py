@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 
 from zoo.errors import ZooError
+from zoo.layers import batch_norm
 from zoo.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s), Sandler et al. Table 2
@@ -28,7 +29,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def _bn_relu6(x, name: str, activation: bool = True):
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if activation else x
 
 

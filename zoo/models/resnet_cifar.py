@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 
 from zoo.errors import ZooError
-from zoo.layers import ZeroPadChannels, conv_bn_act
+from zoo.layers import ZeroPadChannels, batch_norm, conv_bn_act
 from zoo.registry import register_model
 
 STAGE_FILTERS = (16, 32, 64)
@@ -84,14 +84,14 @@ def preact_resnet18(input_shape=(32, 32, 3), num_classes: int = 10, *, input_bn:
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     if input_bn:
-        x = keras.layers.BatchNormalization(center=False, scale=False, name="input_bn")(x)
+        x = batch_norm("input_bn", center=False, scale=False)(x)
     x = keras.layers.Conv2D(PREACT_FILTERS[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
     channels = PREACT_FILTERS[0]
     for stage, filters in enumerate(PREACT_FILTERS, start=1):
         for block in (1, 2):
             prefix = f"stage{stage}_block{block}"
             strides = 2 if stage > 1 and block == 1 else 1
-            pre = keras.layers.BatchNormalization(name=f"{prefix}_pre_bn")(x)
+            pre = batch_norm(f"{prefix}_pre_bn")(x)
             pre = keras.layers.Activation("relu", name=f"{prefix}_pre_relu")(pre)
             y = conv_bn_act(pre, filters, 3, strides=strides, name=f"{prefix}_1")
             y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{prefix}_2_conv")(y)
@@ -99,7 +99,7 @@ def preact_resnet18(input_shape=(32, 32, 3), num_classes: int = 10, *, input_bn:
                 x = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{prefix}_proj_conv")(pre)
             x = keras.layers.Add(name=f"{prefix}_add")([x, y])
             channels = filters
-    x = keras.layers.BatchNormalization(name="final_bn")(x)
+    x = batch_norm("final_bn")(x)
     x = keras.layers.Activation("relu", name="final_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x), name="preact_resnet18")
