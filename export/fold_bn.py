@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from export.errors import ExportError
+from export.rewrite import walk
 
 BN_CLASS = "BatchNormalization"
 _NESTED_MODEL_CLASSES = {"Functional", "Sequential", "Model"}
@@ -148,31 +149,19 @@ def _is_ref(obj) -> bool:
     return isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__"
 
 
-def _walk(obj, is_leaf, fn):
-    """Call fn(leaf) on every leaf of a nested config structure (dicts, lists, tuples)."""
-    if is_leaf(obj):
-        fn(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _walk(v, is_leaf, fn)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _walk(v, is_leaf, fn)
-
-
 def _walk_refs_entries(obj, fn):
     """Call fn(ref_dict) on every keras-tensor reference (the whole record, with shape and dtype)."""
-    _walk(obj, _is_ref, fn)
+    walk(obj, _is_ref, fn)
 
 
 def _walk_refs(obj, fn):
     """Call fn(history_list) on every keras-tensor reference inside a node's args/kwargs."""
-    _walk(obj, _is_ref, lambda ref: fn(ref["config"]["keras_history"]))
+    walk(obj, _is_ref, lambda ref: fn(ref["config"]["keras_history"]))
 
 
 def _walk_io(obj, fn):
     """Call fn on every [layer, node, tensor] leaf of `input_layers` / `output_layers`."""
-    _walk(obj, lambda o: isinstance(o, list) and len(o) == 3 and isinstance(o[0], str), fn)
+    walk(obj, lambda o: isinstance(o, list) and len(o) == 3 and isinstance(o[0], str), fn)
 
 
 def _ref_of(obj) -> tuple | None:

@@ -27,6 +27,8 @@ def load_keras(path: Path | str):
     """The model in `path`, loaded with safe_mode (no arbitrary code); ExportError naming the problem otherwise."""
     import keras
 
+    import export.layers  # noqa: F401 - registers the layers an export may hold (NearestUpsampling2D)
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ExportError(f"{path} does not exist; pass a .keras file saved with model.save()")

@@ -5,8 +5,9 @@ the model's input and output names in its signature runner and a dynamic batch (
 Keras 3 variables (measured), and `from_keras_model` names outputs `output_0…`; the SavedModel route has neither
 problem. Builtin TFLite ops only: a model that needs TF (Select/Flex) ops is refused with the op and its layer.
 With a dynamic H×W, Keras' UpSampling2D (repeat + reshape) hides the channel count from the converter and the
-next Conv2D cannot be lowered, so nearest-neighbour UpSampling2D layers (channels-last) are swapped for zoo's
-NearestUpsampling2D — the same function, with the channel count kept — in the copy that is converted.
+next Conv2D cannot be lowered, so nearest-neighbour UpSampling2D layers (channels-last) are swapped for
+NearestUpsampling2D (export/layers.py) — the same function, with the channel count kept — in the copy that is
+converted.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def tflite_ready(model: Any):
     """`model`, or a copy with every nearest, channels-last UpSampling2D replaced by NearestUpsampling2D."""
     import keras
 
-    from zoo.layers import NearestUpsampling2D
-    from zoo.rewrite import rebuild
+    from export.layers import NearestUpsampling2D
+    from export.rewrite import rebuild
 
     def swap(entry: dict[str, Any]) -> bool:
         config = entry["config"]

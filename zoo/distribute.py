@@ -59,7 +59,7 @@ def make_strategy(name: str):
 def synchronize_bn(model: Any):
     """A copy of `model`, same weights, whose every BatchNormalization (nested ones included) is synchronized.
     Build it inside the strategy's scope."""
-    from zoo.rewrite import rebuild
+    from export.rewrite import rebuild
 
     def synchronize(entry: dict[str, Any]) -> bool:
         if entry["class_name"] != "BatchNormalization":
@@ -80,7 +80,7 @@ def mixed_policy() -> str:
 def as_float32(model: Any):
     """A copy of a mixed-precision model computing in float32 (its variables already are float32): what is saved
     and exported, so every runtime and the parity reference compute in float32."""
-    from zoo.rewrite import rebuild
+    from export.rewrite import rebuild
 
     def to_float32(entry: dict[str, Any]) -> bool:
         dtype = entry["config"].get("dtype")

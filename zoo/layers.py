@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keras
 
+
 NORM_KINDS = {"batch": "bn", "instance": "in"}  # kind -> layer-name suffix
 # Keras' default BN momentum, 0.99, averages over ~100 steps; on small datasets (digits: 40 steps an epoch) the
 # moving statistics then lag the weights for many epochs and validation accuracy sits near chance early on.
@@ -137,37 +138,6 @@ class CropLike(keras.layers.Layer):
     def compute_output_shape(self, shapes):
         x, reference = shapes
         return (x[0], reference[1], reference[2], x[3])
-
-
-@keras.saving.register_keras_serializable(package="zoo")
-class NearestUpsampling2D(keras.layers.Layer):
-    """Nearest-neighbour upsampling by `factor` (an int, or (rows, columns)) that keeps the channel count static
-    with a dynamic H×W.
-
-    Keras' UpSampling2D (repeat + reshape) loses the channel count when H and W are unknown, and the TFLite
-    converter then cannot lower the next conv; a broadcast-and-reshape with the channels spelled out does not.
-    The TFLite export swaps it in for UpSampling2D (export/tflite.py).
-    """
-
-    def __init__(self, factor: int | tuple[int, int] = 2, **kwargs):
-        super().__init__(**kwargs)
-        rows, columns = (factor, factor) if isinstance(factor, int) else factor
-        self.rows, self.columns = int(rows), int(columns)
-
-    def call(self, x):
-        rows, columns, channels = self.rows, self.columns, x.shape[-1]
-        shape = keras.ops.shape(x)
-        x = keras.ops.expand_dims(keras.ops.expand_dims(x, 2), 4)  # B, H, 1, W, 1, C
-        x = keras.ops.broadcast_to(x, (shape[0], shape[1], rows, shape[2], columns, channels))
-        return keras.ops.reshape(x, (shape[0], shape[1] * rows, shape[2] * columns, channels))
-
-    def compute_output_shape(self, shape):
-        grow = lambda d, f: None if d is None else d * f  # noqa: E731
-        return (shape[0], grow(shape[1], self.rows), grow(shape[2], self.columns), shape[3])
-
-    def get_config(self):
-        factor = self.rows if self.rows == self.columns else [self.rows, self.columns]
-        return {**super().get_config(), "factor": factor}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import keras
 
 from zoo.errors import ZooError
-from zoo.layers import NORM_KINDS, CropLike, NearestUpsampling2D, PadToMultiple, conv_bn_act
+from export.layers import NearestUpsampling2D
+from zoo.layers import NORM_KINDS, CropLike, PadToMultiple, conv_bn_act
 from zoo.registry import register_model
 
 RESIDUAL_BLOCKS = 5
