@@ -32,3 +32,30 @@ def export_two_input_model(directory: Path) -> Path:
 
     folded, _ = fold_batchnorm(two_input_conv_bn())
     return export_onnx(folded, Path(directory) / "model.onnx")
+
+
+def export_typed_model(directory: Path) -> Path:
+    """ids INT64 (N,3) + mask BOOL (N,3) + scale FP16 (N,1) -> masked FP32 (N,3) = float(ids) * mask * scale: a
+    model whose inputs are not FP32, built directly as ONNX (no Keras) so JSON type and range checks per datatype
+    can be tested on a real server."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["scale"], ["scale_f"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["ids_f", "mask_f"], ["masked_ids"]),
+         helper.make_node("Mul", ["masked_ids", "scale_f"], ["masked"])],
+        "typed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 3]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT16, ["N", 1])],
+        [helper.make_tensor_value_info("masked", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(directory) / "typed.onnx"
+    onnx.save(model, path)
+    return path

@@ -32,16 +32,35 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace what is at the output path even if zoo did not write it (never the command's own "
+                        "input). Without it zoo replaces only its own earlier outputs.")]
+
 SIZE_HELP = ("Image size HxW for models with dynamic H×W (repeat it: the first size runs at batch 1 and 7, each "
              "further one at batch 2; default 32x32 and 48x64).")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every partial output is removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turn domain errors (and anything unexpected) into one line on stderr and exit code 1."""
+    """Turn domain errors (and anything unexpected) into one line on stderr and exit code 1. Ctrl-C and SIGTERM
+    unwind like an error, so no partial output stays behind (export/atomic.py)."""
+    import signal
+    import threading
+
     from export.errors import ExportError
     from zoo.errors import ZooError
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     except typer.Exit:
@@ -52,11 +71,17 @@ def user_errors():
     except KeyboardInterrupt:
         typer.echo("error: interrupted; nothing was written", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        typer.echo("error: terminated (SIGTERM); nothing was written", err=True)
+        raise typer.Exit(143) from None
     except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback unless asked
         if os.environ.get("ZOO_DEBUG"):
             raise
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (set ZOO_DEBUG=1 for the traceback)", err=True)
         raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_tensorflow() -> None:
@@ -160,6 +185,7 @@ def train(
     cpu_devices: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices (to run --strategy mirrored without GPUs, for testing).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Classifiers: continue from the checkpoint a killed or failed run of the same command left (every epoch is checkpointed).")] = False,
     option: Annotated[Optional[list[str]], typer.Option("--option", help="A model option KEY=VALUE, repeatable, e.g. --option depth=11 --option width=0.25; `zoo list` shows them.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a zoo model: classifiers on a dataset, `style` on content photos and a style image, `dncnn` on
     noisy patches.
@@ -205,7 +231,7 @@ def train(
             if unknown:
                 raise ZooError(f"dncnn has no training option {', '.join(unknown)}; use --option depth=N or filters=N")
             metrics = train_dncnn(out=out, sigma=25.0 if sigma is None else sigma, images=images, seed=seed,
-                                  **settings, **model_config)
+                                  overwrite=overwrite, **settings, **model_config)
             psnr = metrics["held_out_psnr"]
             typer.echo(f"held-out PSNR at sigma {metrics['sigma']:g}: noisy {psnr['noisy']:.2f} dB, DnCNN "
                        f"{psnr['dncnn']:.2f} dB after {metrics['steps']} steps in {metrics['wall_time_s']:.1f} s")
@@ -229,7 +255,8 @@ def train(
             settings = {k: DEFAULTS[k] if v is None else v for k, v in chosen.items()}
             out = out or Path("runs") / f"style_{norm.value}"
             metrics = train_style(style=style, content=content, norm=norm.value, loss_net=loss_net.value,
-                                  vgg_weights=vgg_weights, seed=seed, out=out, **settings, **model_config)
+                                  vgg_weights=vgg_weights, seed=seed, out=out, overwrite=overwrite, **settings,
+                                  **model_config)
             ev = metrics["evaluation"]
             typer.echo(f"loss network: {metrics['loss_net']}")
             typer.echo(f"style loss of held-out images: {ev['content_images_style_loss']:.4g} before, "
@@ -250,7 +277,7 @@ def train(
                               resume=resume, strategy=strategy, recipe=recipe, optimizer=optimizer,
                               weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
                               early_stopping=early_stopping, keep_best=keep_best,
-                              mixed_precision=mixed_precision, jit=jit)
+                              mixed_precision=mixed_precision, jit=jit, overwrite=overwrite)
         typer.echo(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                    f"{metrics['dataset']} after {metrics['epochs']} epochs in {metrics['wall_time_s']:.1f} s; "
                    f"wrote {out}/model.keras, history.csv, metrics.json, curves.png")
@@ -266,17 +293,21 @@ def recalibrate_bn_command(
     seed: Annotated[int, typer.Option(help="Seed for the dataset split and the batch order.")] = 0,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Score a matching classifier on the dataset's test split before and after.")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """AdaBN: re-estimate every BN layer's moving mean and variance on target-domain images; nothing else changes."""
     with user_errors():
         _quiet_tensorflow()
+        from export.atomic import check_target, write_text
         from zoo.adabn import recalibrate_file
         from zoo.runs import resolve_source
 
         source = resolve_source(model)
         out = out or source.keras_path.with_name(f"{source.keras_path.stem}_adabn.keras")
+        if json_path is not None:
+            check_target(json_path, overwrite=overwrite, sources=[source.keras_path, out], option="--json")
         report = recalibrate_file(source.keras_path, dataset=dataset, out=out, batches=batches,
-                                  batch_size=batch_size, seed=seed, evaluate=evaluate)
+                                  batch_size=batch_size, seed=seed, evaluate=evaluate, overwrite=overwrite)
         typer.echo(f"recalibrated {len(report['layers'])} BN layers on {report['images']} images of {report['dataset']}")
         typer.echo("layer  channels  mean shift (old std units)  variance ratio new/old")
         for row in report["layers"]:
@@ -285,7 +316,7 @@ def recalibrate_bn_command(
             typer.echo(f"test accuracy on {report['dataset']}: {report['test_accuracy_before']:.4f} before, "
                        f"{report['test_accuracy_after']:.4f} after")
         if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2))
+            write_text(json_path, json.dumps(report, indent=2), overwrite=overwrite)
         typer.echo(f"wrote {out}")
 
 
@@ -309,6 +340,7 @@ def finetune(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips where they keep the class).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for splits, shuffling, augmentation and the new head.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/finetune).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Transfer a trained classifier: a new head on its frozen backbone (BN in inference mode), then optional fine-tuning."""
     with user_errors():
@@ -318,7 +350,8 @@ def finetune(
         out = out or Path("runs") / "finetune"
         metrics = run_finetune(base, dataset=dataset, out=out, cut=cut, keep_head=keep_head, epochs_head=epochs_head,
                                epochs_finetune=epochs_finetune, lr=lr, finetune_lr=finetune_lr,
-                               bn_mode=bn_mode.value, batch_size=batch_size, augment=augment, seed=seed)
+                               bn_mode=bn_mode.value, batch_size=batch_size, augment=augment, seed=seed,
+                               overwrite=overwrite)
         typer.echo(f"cut at {metrics['cut']!r}; {metrics['samples']['train']} training images of {metrics['dataset']}")
         typer.echo(f"test accuracy after the head phase {metrics['head_test_accuracy']:.4f}"
                    + (f", after fine-tuning (BN {metrics['bn_mode']}) {metrics['test_accuracy']:.4f}"
@@ -334,6 +367,7 @@ def denoise(
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for .onnx models.")] = Device.auto,
     seed: Annotated[int, typer.Option(help="Seed of the added noise.")] = 0,
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this many pixels (memory).")] = 4096 * 4096,
+    overwrite: Overwrite = False,
 ) -> None:
     """Denoise images of any size with a trained denoiser in any format; gray models see the luma of colour images."""
     with user_errors():
@@ -344,7 +378,7 @@ def denoise(
         if len(paths) < 2:
             raise ZooError("give a model and at least one image: zoo denoise MODEL IMAGE... --out DIR")
         written, detail = denoise_files(paths[0], paths[1:], out, sigma=sigma, device=device.value, seed=seed,
-                                        max_pixels=max_pixels)
+                                        max_pixels=max_pixels, overwrite=overwrite)
         typer.echo(f"ran {detail}")
         for path in written:
             typer.echo(f"wrote {path}")
@@ -357,17 +391,21 @@ def eval_denoise(
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for .onnx models.")] = Device.auto,
     seed: Annotated[int, typer.Option(help="Seed of the noise (the same noisy images for every method).")] = 0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """PSNR and SSIM on held-out images: noisy input, the model, NL-means and TV-Chambolle (scikit-image)."""
     with user_errors():
         _quiet_tensorflow()
+        from export.atomic import check_target, write_text
         from zoo.denoise.evaluate import SIGMAS, evaluate_denoising, table
 
+        if json_path is not None:
+            check_target(json_path, overwrite=overwrite, sources=[model], option="--json")
         report = evaluate_denoising(model, sigmas=tuple(sigma or SIGMAS), device=device.value, seed=seed)
         typer.echo(f"held-out images: {', '.join(report['images'])}; model ran on {report['runtime']}")
         typer.echo(table(report))
         if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2))
+            write_text(json_path, json.dumps(report, indent=2), overwrite=overwrite)
 
 
 class Method(str, enum.Enum):
@@ -390,6 +428,7 @@ def stylize(
     style_weight: Annotated[float, typer.Option(help="optimize: weight of the style loss.")] = 10.0,
     loss_net: Annotated[LossNet, typer.Option(help="optimize: loss network (see `zoo train --help`).")] = LossNet.vgg19,
     vgg_weights: Annotated[Optional[Path], typer.Option(help="optimize: no-top ImageNet weights .h5.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Stylize images with a trained style network, or by optimising the pixels (Gatys et al.)."""
     with user_errors():
@@ -404,7 +443,7 @@ def stylize(
             from zoo.style.stylize import stylize_files
 
             written, detail = stylize_files(paths[0], paths[1:], out, device=device.value, batch_size=batch_size,
-                                            max_pixels=max_pixels)
+                                            max_pixels=max_pixels, overwrite=overwrite)
             typer.echo(f"ran {detail}")
             for path in written:
                 typer.echo(f"wrote {path}")
@@ -413,15 +452,13 @@ def stylize(
             raise ZooError("--method optimize takes --content IMAGE --style IMAGE, not a model and images")
         if not content or not style:
             raise ZooError("--method optimize needs --content IMAGE and --style IMAGE")
-        from zoo.images import save_image
-        from zoo.images import ensure_dir
+        from zoo.images import output_paths, save_image
         from zoo.style.stylize import optimize_image
 
+        [[target]] = output_paths([content], out, variants=("_optimized",), overwrite=overwrite)
         image, record = optimize_image(content, style, steps=steps, image_size=image_size, style_weight=style_weight,
                                        loss_net=loss_net.value, vgg_weights=vgg_weights)
-        ensure_dir(out)
-        stem = Path(content.partition(":")[2] if content.startswith("skimage:") else content).stem
-        path = save_image(image, out / f"{stem}_optimized.png")
+        path = save_image(image, target, overwrite=overwrite)
         first, last = record["first_losses"], record["final_losses"]
         typer.echo(f"loss network: {record['loss_net']}")
         typer.echo(f"style loss {first['style']:.4g} -> {last['style']:.4g}, content loss {last['content']:.4g} "
@@ -451,6 +488,7 @@ def export_command(
     triton_max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching).")] = 8,
     triton_kind: Annotated[TritonKind, typer.Option(help="Triton instance_group kind.")] = TritonKind.gpu,
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write model_fp16.onnx: float16 weights and compute, float32 inputs/outputs, converted after folding; parity at atol = rtol = 1e-3.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table."""
     with user_errors():
@@ -464,13 +502,17 @@ def export_command(
 
         source = resolve_source(src)
         onnx = onnx or triton is not None
-        if triton is not None and triton.exists() and not triton.is_dir():
-            raise ZooError(f"--triton {triton} is a file; give a folder for the Triton model repository")
         if triton_max_batch < 0:
             raise ZooError(f"--triton-max-batch {triton_max_batch} must be 0 (no batching) or more")
+        triton_name = triton_name or (src.name if src.is_dir() else src.stem)
+        if triton is not None:  # everything that can be checked is, before anything is written
+            from export.triton import check_triton_target
+
+            check_triton_target(triton, triton_name, overwrite=overwrite)
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, opset=opset, nchw=nchw,
-                              metadata=source.metadata, parity_sizes=sizes if parity else None, fp16=fp16)
+                              metadata=source.metadata, parity_sizes=sizes if parity else None, fp16=fp16,
+                              overwrite=overwrite)
         if result.fold_report is not None:
             typer.echo(result.fold_report.summary())
         if result.fp16_report is not None:
@@ -481,13 +523,12 @@ def export_command(
             from export.artifacts import PARITY_REPORT
 
             _print_parity(result.directory, device=device.value, atol=1e-5, rtol=1e-5,
-                          json_path=result.directory / PARITY_REPORT, sizes=sizes)
+                          json_path=result.directory / PARITY_REPORT, sizes=sizes, overwrite=True)
         if triton is not None:
             from export.artifacts import ONNX
             from export.triton import write_triton_repository
 
-            name = triton_name or (src.name if src.is_dir() else src.stem)
-            model_dir = write_triton_repository(result.directory / ONNX, triton, name,
+            model_dir = write_triton_repository(result.directory / ONNX, triton, triton_name, overwrite=overwrite,
                                                 max_batch_size=triton_max_batch, instance_kind=triton_kind.value)
             typer.echo(f"wrote Triton model {model_dir.name!r}: {model_dir}/config.pbtxt, {model_dir}/1/model.onnx")
 
@@ -501,6 +542,7 @@ def parity_command(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     size: Annotated[Optional[list[str]], typer.Option(help=SIZE_HELP)] = None,
     ort_disable: Annotated[Optional[list[str]], typer.Option(help="Switch off an ONNX Runtime graph optimizer by name (repeatable), e.g. Pad_Fusion, to tell an ORT rewrite's error from an export's.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Compare every runtime's outputs with the original Keras model; exit 1 on any failure."""
     with user_errors():
@@ -510,9 +552,13 @@ def parity_command(
         sizes = _parse_sizes(size)
         from zoo.runs import resolve_export_dir
 
+        if json_path is not None:
+            from export.atomic import check_target
+
+            check_target(json_path, overwrite=overwrite, sources=[src], option="--json")
         with resolve_export_dir(src) as directory:
             _print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes,
-                          ort_disabled=tuple(ort_disable or ()))
+                          ort_disabled=tuple(ort_disable or ()), overwrite=overwrite)
 
 
 def _parse_sizes(values: list[str] | None) -> list[tuple[int, int]] | None:
@@ -530,13 +576,15 @@ def _parse_sizes(values: list[str] | None) -> list[tuple[int, int]] | None:
 
 
 def _print_parity(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None,
-                  sizes: list[tuple[int, int]] | None = None, ort_disabled: tuple[str, ...] = ()) -> None:
+                  sizes: list[tuple[int, int]] | None = None, ort_disabled: tuple[str, ...] = (),
+                  overwrite: bool = False) -> None:
+    from export.atomic import write_text
     from export.pipeline import check_parity
 
     report = check_parity(directory, device=device, atol=atol, rtol=rtol, sizes=sizes, ort_disabled=ort_disabled)
     typer.echo(report.table())
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        write_text(json_path, json.dumps(report.to_dict(), indent=2), overwrite=overwrite)
     if not report.passed:
         typer.echo(f"error: parity FAILED at atol={atol:g} rtol={rtol:g}", err=True)
         raise typer.Exit(1)
@@ -552,18 +600,32 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(help="Dynamic batching: most rows stacked into one ONNX Runtime run (1: no batching).")] = 8,
     batch_window_ms: Annotated[float, typer.Option(help="How long a batch that is not full waits for more requests (0: it takes what is queued; batches still grow under load while ORT runs).")] = 0.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted (larger: HTTP 413).")] = 64.0,
+    max_request_rows: Annotated[int, typer.Option(help="Most rows (axis 0) one request may send (more: HTTP 413, before its data is decoded).")] = 1024,
+    max_connections: Annotated[int, typer.Option(help="Most open connections or running requests at once (past it: HTTP 503).")] = 256,
+    keep_alive_s: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
+    read_timeout_s: Annotated[float, typer.Option(help="Seconds a request's line and headers may take to arrive, and the longest pause in its body (then: closed / HTTP 408).")] = 10.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")] = False,
 ) -> None:
     """Serve an ONNX model over the KServe v2 / Open Inference Protocol REST API (Triton-compatible clients work)."""
     with user_errors():
+        import math
+        from urllib.parse import quote
+
         from zoo.errors import ZooError
+        from zoo.serving import limits
+        from zoo.serving.model import check_model_name
 
         if max_batch < 1:
             raise ZooError(f"--max-batch {max_batch} must be at least 1 (1: no batching)")
-        if not max_body_mb > 0:
-            raise ZooError(f"--max-body-mb {max_body_mb} must be positive")
-        if batch_window_ms < 0:
-            raise ZooError(f"--batch-window-ms {batch_window_ms} must be 0 or more")
+        max_body_bytes = int(limits.positive_number(max_body_mb, "--max-body-mb") * 2**20)
+        if not (math.isfinite(batch_window_ms) and batch_window_ms >= 0):
+            raise ZooError(f"--batch-window-ms {batch_window_ms} must be a finite number, 0 or more")
+        limits.check_request_limits(max_body_bytes=max(max_body_bytes, 1), max_request_rows=max_request_rows,
+                                    read_timeout_s=read_timeout_s)
+        limits.check_connection_limits(max_connections=max_connections, keep_alive_s=keep_alive_s,
+                                       read_timeout_s=read_timeout_s)
+        if name is not None:
+            check_model_name(name)
         model = model.expanduser()
         if not model.is_file():
             raise ZooError(f"model {model} does not exist; pass an .onnx file (e.g. from `zoo export --onnx`)")
@@ -577,7 +639,8 @@ def serve_command(
             from zoo.serving.app import create_app
 
             app_ = create_app(model, name=name, device=device.value, max_batch=max_batch,
-                              batch_window_ms=batch_window_ms, max_body_bytes=int(max_body_mb * 2**20))
+                              batch_window_ms=batch_window_ms, max_body_bytes=max(max_body_bytes, 1),
+                              max_request_rows=max_request_rows, read_timeout_s=read_timeout_s)
             served = app_.state.model
             note = ""
             if served.providers[0] == CPU and device is Device.auto:
@@ -586,10 +649,12 @@ def serve_command(
                         if app_.state.batcher.max_batch > 1 else "no batching")
             typer.echo(f"serving {served.spec.name} ({model}) on {server.bound_url(sock)} with onnxruntime "
                        f"providers: {', '.join(served.providers)}{note}; {batching}")
-            typer.echo(f"  KServe v2: {server.bound_url(sock)}/v2/models/{served.spec.name}/infer; Ctrl-C stops")
+            typer.echo(f"  KServe v2: {server.bound_url(sock)}/v2/models/{quote(served.spec.name, safe='')}/infer; "
+                       f"Ctrl-C stops")
             sys.stdout.flush()
             stopped_by = server.run(app_, sock, log_level="info" if access_log else "warning",
-                                    access_log=access_log)
+                                    access_log=access_log, max_connections=max_connections,
+                                    keep_alive_s=keep_alive_s, read_timeout_s=read_timeout_s)
             stats = app_.state.batcher.stats.to_dict()
             typer.echo(f"stopped{f' on {stopped_by}' if stopped_by else ''} after {stats['requests']} requests "
                        f"in {stats['runs']} ONNX Runtime runs")
@@ -606,6 +671,7 @@ def bench_command(
     size: Annotated[Optional[str], typer.Option(help="Image size HxW for models with dynamic H×W (default 32x32).")] = None,
     io_binding: Annotated[bool, typer.Option("--io-binding/--no-io-binding", help="ONNX Runtime: inputs and outputs bound on the session's device (no host copies in the timed runs).")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Latency (cold start, p50/p90/p99), throughput and ratio to Keras of every runtime at every batch size."""
     with user_errors():
@@ -614,6 +680,10 @@ def bench_command(
         names, batches = parse_runtimes(runtimes), parse_batches(batch)
         spatial = _parse_sizes([size])[0] if size else None
         check_device(device.value)  # before a .keras is exported
+        if json_path is not None:
+            from export.atomic import check_target
+
+            check_target(json_path, overwrite=overwrite, sources=[model], option="--json")
         _quiet_tensorflow()
         import zoo.layers  # noqa: F401 - registers zoo's layers so zoo's `.keras` files load in safe_mode
         from export.bench import run_bench
@@ -625,7 +695,7 @@ def bench_command(
                                log=lambda message: typer.echo(message, err=True))
         typer.echo(report.table())
         if json_path is not None:
-            typer.echo(f"wrote {report.write_json(json_path)}")
+            typer.echo(f"wrote {report.write_json(json_path, overwrite=overwrite)}")
 
 
 def main() -> None:  # pragma: no cover - `python -m zoo.cli`

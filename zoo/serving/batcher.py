@@ -8,6 +8,10 @@ It concatenates along axis 0, runs the model in one worker thread (ORT releases 
 reading and parsing requests meanwhile) and splits the outputs back by rows. Requests of another shape wait for a
 later batch, in order. While one batch runs the next accumulates, so under load batches grow on their own.
 
+A request of more than `max_batch` rows (with `chunk=True`, for models whose rows are independent) is queued one
+chunk of `max_batch` rows at a time, the next chunk only once the previous one ran: requests that arrive meanwhile
+queue between its chunks (a 1-row request waits for one chunk, not for 1,000 rows), and ONNX Runtime never holds
+more than one batch's working memory (one 19,000-row run took the server from 0.1 to 3.5 GB, and kept it).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class _Item:
     feeds: Feeds
     future: asyncio.Future
     rows: int
+    first: bool = True  # the first chunk of its request (what the request count counts)
     key: tuple = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,11 +55,13 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Callable[[Feeds], Feeds], *, max_batch: int = 8, window_s: float = 0.0) -> None:
+    def __init__(self, run: Callable[[Feeds], Feeds], *, max_batch: int = 8, window_s: float = 0.0,
+                 chunk: bool = True) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run = run
         self.max_batch = max_batch
+        self.chunk = chunk
         self.window_s = max(0.0, window_s)
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Item] | None = None
@@ -89,10 +96,20 @@ class DynamicBatcher:
 
     async def infer(self, feeds: Feeds, rows: int) -> Feeds:
         """Run one request of `rows` rows (its leading dim); returns its own outputs."""
+        if not self.chunk or rows <= self.max_batch:
+            return await self._submit(feeds, rows, first=True)
+        parts = []
+        for start in range(0, rows, self.max_batch):
+            stop = min(start + self.max_batch, rows)
+            part = {name: value[start:stop] for name, value in feeds.items()}
+            parts.append(await self._submit(part, stop - start, first=not start))
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    async def _submit(self, feeds: Feeds, rows: int, *, first: bool) -> Feeds:
         if not self.running or self._queue is None:
             raise ServerStopping("the server is not running")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(feeds, future, rows))
+        self._queue.put_nowait(_Item(feeds, future, rows, first))
         return await future
 
     async def _loop(self) -> None:
@@ -147,7 +164,7 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         rows = sum(item.rows for item in batch)
-        self.stats.requests += len(batch)
+        self.stats.requests += sum(item.first for item in batch)
         self.stats.runs += 1
         self.stats.largest = max(self.stats.largest, rows)
         if len(batch) == 1:

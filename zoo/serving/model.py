@@ -5,6 +5,7 @@ them itself, so the server describes (and validates) NHWC shapes, like every oth
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from zoo.errors import ZooError
 from zoo.serving.protocol import ModelSpec, TensorSpec
 
 NHWC_FROM_NCHW = (0, 2, 3, 1)
+_URL_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ServedModel:
@@ -24,6 +26,8 @@ class ServedModel:
         from export.onnx import onnx_layout
         from export.runtimes import OrtRunner
 
+        if name is not None:
+            check_model_name(name)
         path = Path(path).expanduser()
         if not path.is_file():
             raise ZooError(f"model {path} does not exist; pass an .onnx file (e.g. from `zoo export --onnx`)")
@@ -56,6 +60,17 @@ def model_name(path: Path) -> str:
     if stem == "model" and path.parent.name == "export" and path.parent.parent.name:
         stem = path.parent.parent.name
     return sanitize_model_name(stem)
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it can be one URL path segment as it is: letters, digits, `_`, `-`, `.` (what model_name and
+    export/triton.py's sanitize_model_name produce), not `.` or `..` alone (clients resolve those away). Anything
+    else is a ZooError: a `/` splits the path (Starlette matches `{model}` within one segment, after uvicorn has
+    decoded `%2F`), and a name that needs percent-encoding is one every client must remember to encode."""
+    if not _URL_SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        raise ZooError(f"--name {name!r} cannot be a model name in a URL: use letters, digits, '_', '-' and '.' "
+                       f"only (not '.' or '..' alone), e.g. {sanitize_model_name(name)!r}")
+    return name
 
 
 def _dims(shape) -> tuple[int, ...]:

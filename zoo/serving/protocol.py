@@ -15,29 +15,32 @@ inputs. An output asked for with `"binary_data": true` (or every output, with th
 `"binary_data_output": true`) comes back the same way, with the response's JSON length in the same HTTP header.
 
 Every request is checked against the model's signature before anything runs; a request that does not fit is a
-ProtocolError (HTTP 400) whose message names the input and what is wrong with it.
+ProtocolError (HTTP 400) whose message names the input and what is wrong with it. Work per request is bounded before
+it is done: the rows an input declares are checked against `max_rows` (413) before its data is decoded; JSON is
+strict (no NaN/Infinity tokens) and nesting too deep for the parser is a 400, not a RecursionError; JSON tensor
+data is decoded and encoded by zoo/serving/tensor_json.py. Binary data is read in place (a NumPy view of the body,
+no copy), so a large binary request costs its body once.
 """
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from export.tensor_types import TensorType, from_kserve
+from zoo.serving import tensor_json
+from zoo.serving.errors import ProtocolError
+
+__all__ = ["HEADER_LENGTH", "ModelSpec", "ProtocolError", "TensorSpec", "encode_infer_response",
+           "parse_infer_request"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
-
-
-class ProtocolError(Exception):
-    """A request that does not fit the protocol or the model: HTTP `status` with {"error": message}."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+ROWS_FLAG = "zoo serve --max-request-rows"
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,14 @@ class InferRequest:
         return int(first.shape[0]) if first.ndim else 1
 
 
-def parse_infer_request(body: bytes, spec: ModelSpec, header_length: str | None = None) -> InferRequest:
-    """Parse and validate one inference request (JSON, or JSON header + binary tensors) against `spec`."""
+def parse_infer_request(body: bytes | bytearray, spec: ModelSpec, header_length: str | None = None, *,
+                        max_rows: int | None = None) -> InferRequest:
+    """Parse and validate one inference request (JSON, or JSON header + binary tensors) against `spec`.
+
+    `max_rows`: most rows (axis 0) an input with a dynamic leading dim may declare; more is a 413, refused from the
+    declared shape before that input's data is decoded."""
     header, binary = _split_body(body, header_length)
-    try:
-        payload = json.loads(header)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"request body is not valid JSON: {e}") from None
+    payload = _strict_json(header)
     if not isinstance(payload, dict):
         raise ProtocolError("request body must be a JSON object with an \"inputs\" list")
     request_id = payload.get("id")
@@ -117,7 +121,7 @@ def parse_infer_request(body: bytes, spec: ModelSpec, header_length: str | None 
             raise ProtocolError(f"unknown input {name!r}; the model's inputs are {_names(spec.inputs)}")
         if name in inputs:
             raise ProtocolError(f"input {name!r} is given twice")
-        tensor, offset = _parse_input(entry, expected[name], binary, offset)
+        tensor, offset = _parse_input(entry, expected[name], binary, offset, max_rows)
         inputs[name] = tensor
     if offset != len(binary):
         raise ProtocolError(f"the request has {len(binary)} bytes of binary data but its inputs' binary_data_size "
@@ -148,20 +152,37 @@ def encode_infer_response(spec: ModelSpec, request: InferRequest,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = value.reshape(-1).tolist()
+            entry["data"] = tensor_json.encode(value)
         outputs.append(entry)
     response: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version, "outputs": outputs}
     if request.id is not None:
         response["id"] = request.id
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {}
     return header + b"".join(blobs), {HEADER_LENGTH: str(len(header))}
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _strict_json(header: bytes | bytearray) -> Any:
+    """json.loads, strictly: NaN/Infinity tokens and nesting too deep for Python's parser (it recurses, one level
+    per bracket; ~1,000 levels) are a 400, like any other malformed JSON."""
+    try:
+        return json.loads(header, parse_constant=_no_constant)
+    except RecursionError:
+        raise ProtocolError(f"request JSON is nested too deeply (more than ~{sys.getrecursionlimit()} levels); "
+                            f"tensor data nests at most as deep as the tensor's rank") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"request body is not valid JSON: {e}") from None
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number (strict JSON has no NaN or Infinity)")
+
+
+def _split_body(body: bytes | bytearray, header_length: str | None) -> tuple[bytes | bytearray, memoryview]:
+    """(JSON header, binary part): the binary part is a view of `body`, not a copy."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     try:
         length = int(header_length)
     except ValueError:
@@ -169,10 +190,12 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if not 0 <= length <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} is {header_length!r}; it must be the JSON header's length in bytes, "
                             f"at most the body's {len(body)}")
-    return body[:length], body[length:]
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
 
 
-def _parse_input(entry: dict, spec: TensorSpec, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _parse_input(entry: dict, spec: TensorSpec, binary: memoryview, offset: int,
+                 max_rows: int | None) -> tuple[np.ndarray, int]:
     name = entry["name"]
     datatype = entry.get("datatype")
     if datatype != spec.type.kserve:
@@ -181,6 +204,9 @@ def _parse_input(entry: dict, spec: TensorSpec, binary: bytes, offset: int) -> t
     if spec.type.numpy in (None, "object"):
         raise ProtocolError(f"input {name!r}: datatype {datatype} is not supported by this server")
     shape = _shape(entry.get("shape"), spec)
+    if max_rows is not None and spec.shape and spec.shape[0] == -1 and shape[0] > max_rows:
+        raise ProtocolError(f"input {name!r} has {shape[0]} rows (axis 0 of shape {list(shape)}); this server takes "
+                            f"at most {max_rows} rows per request ({ROWS_FLAG}): split the request", 413)
     count = math.prod(shape)
     dtype = np.dtype(spec.type.numpy)
     size = _object(entry.get("parameters"), f"input {name!r} \"parameters\"").get("binary_data_size")
@@ -196,10 +222,12 @@ def _parse_input(entry: dict, spec: TensorSpec, binary: bytes, offset: int) -> t
             raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
                                 f"({len(binary) - offset} bytes left)")
         array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
-        return array.astype(dtype).reshape(shape), offset + size
+        if array.dtype != dtype:  # a big-endian host: the one case that needs a copy
+            array = array.astype(dtype)
+        return array.reshape(shape), offset + size
     if "data" not in entry:
         raise ProtocolError(f"input {name!r} has no \"data\" (nor parameters.binary_data_size)")
-    return _json_data(entry["data"], name, spec.type, dtype, shape, count), offset
+    return tensor_json.decode(entry["data"], name, spec.type.kserve, dtype, shape), offset
 
 
 def _shape(value: Any, spec: TensorSpec) -> tuple[int, ...]:
@@ -216,29 +244,6 @@ def _shape(value: Any, spec: TensorSpec) -> tuple[int, ...]:
             raise ProtocolError(f"input {name!r} has shape {value}; the model expects {list(spec.shape)} "
                                 f"(axis {axis} must be {want})")
     return tuple(value)
-
-
-_KINDS = {"b": "b", "i": "iub", "u": "iub", "f": "iuf"}
-
-
-def _json_data(data: Any, name: str, tensor_type: TensorType, dtype: np.dtype, shape: tuple[int, ...],
-               count: int) -> np.ndarray:
-    if not isinstance(data, list):
-        raise ProtocolError(f"input {name!r}: \"data\" must be a list (flat or nested)")
-    try:
-        array = np.asarray(data)
-    except ValueError:
-        raise ProtocolError(f"input {name!r}: \"data\" is a ragged nested list") from None
-    if array.size != count:
-        raise ProtocolError(f"input {name!r} has {array.size} elements but shape {list(shape)} needs {count}")
-    if array.size and array.dtype.kind not in _KINDS[dtype.kind]:
-        want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
-        raise ProtocolError(f"input {name!r}: \"data\" must hold {want} for {tensor_type.kserve}")
-    if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise ProtocolError(f"input {name!r}: values out of range for {tensor_type.kserve}")
-    return array.astype(dtype).reshape(shape)
 
 
 def _requested_outputs(value: Any, parameters: dict, spec: ModelSpec) -> list[RequestedOutput]:

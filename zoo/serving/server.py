@@ -7,14 +7,20 @@ Signals: uvicorn catches SIGINT/SIGTERM, shuts down gracefully (stops accepting,
 runs the lifespan shutdown that stops the batcher), then restores the handlers it found and raises the signal
 again so that the default action runs. `run` installs handlers of its own first, which only note the signal, so
 that re-raise lands on them and a signal ends the server with exit code 0 instead of killing the process.
+
+Connections: uvicorn runs zoo's guarded HTTP protocol (zoo/serving/connections.py: a deadline for headers, a cap
+on connections with a JSON 503) with `timeout_keep_alive` for idle kept-alive connections. The app's own log lines
+(logger "zoo.serving", e.g. a client that disconnected mid-body) go out in uvicorn's format.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
 
 from zoo.errors import ZooError
+from zoo.serving import limits
 
 GRACEFUL_SHUTDOWN_S = 10
 BACKLOG = 2048  # uvicorn's default
@@ -47,17 +53,37 @@ def bound_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def make_server(app, *, log_level: str = "warning", access_log: bool = False):
+def make_server(app, *, log_level: str = "warning", access_log: bool = False,
+                max_connections: int = limits.MAX_CONNECTIONS, keep_alive_s: float = limits.KEEP_ALIVE_S,
+                read_timeout_s: float = limits.READ_TIMEOUT_S):
     import uvicorn
 
+    from zoo.serving.connections import guarded_protocol
+
+    limits.check_connection_limits(max_connections=max_connections, keep_alive_s=keep_alive_s,
+                                   read_timeout_s=read_timeout_s)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", backlog=BACKLOG,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, timeout_keep_alive=keep_alive_s,
+                            http=guarded_protocol(max_connections=max_connections, read_timeout_s=read_timeout_s))
+    _log_like_uvicorn(logging.getLogger("zoo.serving"))
     return uvicorn.Server(config)
 
 
-def run(app, sock: socket.socket, *, log_level: str = "warning", access_log: bool = False) -> str | None:
-    """Serve until SIGINT/SIGTERM; returns the signal's name (None if the server stopped on its own)."""
-    server = make_server(app, log_level=log_level, access_log=access_log)
+def _log_like_uvicorn(logger: logging.Logger) -> None:
+    if not logger.handlers:
+        from uvicorn.logging import DefaultFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def run(app, sock: socket.socket, *, log_level: str = "warning", access_log: bool = False,
+        **connection_limits) -> str | None:
+    """Serve until SIGINT/SIGTERM; returns the signal's name (None if the server stopped on its own).
+    `connection_limits`: make_server's max_connections, keep_alive_s, read_timeout_s."""
+    server = make_server(app, log_level=log_level, access_log=access_log, **connection_limits)
     received: list[int] = []
     previous = {}
     if threading.current_thread() is threading.main_thread():
