@@ -135,6 +135,19 @@ def test_training_writes_the_run_and_says_the_loss_net_is_random(style_run):
     assert rows[0] == "step,total,content,style,tv" and len(rows) == 4
 
 
+def test_training_lowers_the_style_loss(tmp_path):
+    """20 steps on 32-px crops: the training loss's style part falls well below its first value, and held-out
+    photos come out with a style loss far below their own (measured: 49 → ~0.5 and 302 → 0.46 after 40 steps)."""
+    from zoo.style.train import train_style
+
+    metrics = train_style(style="skimage:brick", out=tmp_path / "run", steps=20, image_size=32, batch_size=2,
+                          loss_net="random", verbose=False, **TINY)
+    style = [float(row.split(",")[3]) for row in (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]]
+    assert np.mean(style[-5:]) < 0.25 * style[0], style
+    evaluation = metrics["evaluation"]
+    assert evaluation["stylized_style_loss"] < 0.1 * evaluation["content_images_style_loss"], evaluation
+
+
 def test_export_folds_every_bn_and_passes_parity_at_two_sizes(style_run, tmp_path):
     from export.loading import load_keras
     from export.pipeline import check_parity, export_model

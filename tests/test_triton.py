@@ -78,15 +78,29 @@ def test_config_parses_as_triton_model_config_and_matches_onnx(exported):
     assert [list(t.dims) for t in config.output] == [[5], [2]]
 
 
-def test_repository_model_runs_like_the_export(exported):
-    from export.runtimes import OrtRunner
+def test_repository_model_served_from_its_config_matches_the_keras_model(exported, keras_file):
+    """The repository's model file, fed a KServe v2 request built from config.pbtxt alone (names, TYPE_FP32 →
+    FP32, dims plus the batch), answers what the original Keras model computes."""
+    from starlette.testclient import TestClient
 
-    out, repo = exported
+    from export.runtimes import KerasRunner
+    from tests.helpers import assert_parity
+    from zoo.serving.app import create_app
+
+    _, repo = exported
+    config = parse_config(repo / "tiny_net/config.pbtxt")
     rng = np.random.default_rng(0)
-    feeds = {"image": rng.normal(size=(3, 8, 8, 2)).astype("float32"), "extra": rng.normal(size=(3, 3)).astype("float32")}
-    want, got = OrtRunner(out / "model.onnx", device="cpu")(feeds), OrtRunner(repo / "tiny_net/1/model.onnx", device="cpu")(feeds)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name])
+    feeds = {t.name: rng.normal(size=(3, *t.dims)).astype("float32") for t in config.input}
+    request = {"inputs": [{"name": t.name, "shape": [3, *t.dims], "datatype": type_name(t.data_type)[5:],
+                           "data": feeds[t.name].ravel().tolist()} for t in config.input]}
+    with TestClient(create_app(repo / config.name / "1" / "model.onnx", name=config.name, device="cpu")) as client:
+        response = client.post(f"/v2/models/{config.name}/infer", json=request)
+    assert response.status_code == 200, response.text
+    served = {o["name"]: np.asarray(o["data"], "float32").reshape(o["shape"]) for o in response.json()["outputs"]}
+    assert sorted(served) == sorted(t.name for t in config.output)
+    want = KerasRunner(keras_file)(feeds)  # the parity reference
+    for name, value in served.items():
+        assert_parity(np.asarray(want[name]), value)
 
 
 def test_name_max_batch_zero_cpu_kind_and_replacing_a_model(exported, tmp_path):
