@@ -31,6 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from export.errors import ExportError
+from export.version import zoo_version
 
 MANIFEST = ".zoo-manifest.json"
 PARTIAL, BACKUP = "partial", "old"
@@ -213,7 +214,7 @@ def _entries(folder: Path) -> dict:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    manifest = {"written_by": "zoo", "version": _version(), **{k: v for k, v in manifest.items()
+    manifest = {"written_by": "zoo", "version": zoo_version(), **{k: v for k, v in manifest.items()
                                                                 if k not in ("written_by", "version")}}
     tmp = folder / f"{MANIFEST}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -317,12 +318,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         path.unlink(missing_ok=True)
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("zoo")
-    except metadata.PackageNotFoundError:
-        return "unknown"

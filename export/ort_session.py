@@ -170,26 +170,6 @@ def run_bound(session: Any, feeds: dict[str, np.ndarray], *, device: str = "cpu"
     return run.binding.copy_outputs_to_cpu()  # type: ignore[attr-defined]
 
 
-def warm_up(call: Callable[[], Any], runs: int = 3) -> None:
-    """Run `call` a few times before timing or serving: the first runs pay for memory arenas and, on CUDA with
-    cudnn_conv_algo_search EXHAUSTIVE, for the convolution algorithm search of each input shape."""
-    for _ in range(runs):
-        call()
-
-
-def sample_feeds(session: Any, *, batch: int = 1, spatial: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded uniform [0, 1) float inputs for a session's inputs (dynamic batch → `batch`, other dynamic dims →
-    `spatial`), e.g. to warm up a server's session before its first request."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else (batch if axis == 0 else spatial)
-                 for axis, d in enumerate(i.shape)]
-        dtype = np.float16 if "float16" in i.type else np.float32
-        feeds[i.name] = rng.random(shape).astype(dtype)
-    return feeds
-
-
 def cuda_available() -> bool:
     """True when ONNX Runtime can really create and run a session on the CUDA execution provider."""
     return cuda_unavailable_reason() is None

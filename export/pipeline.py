@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
@@ -26,6 +25,7 @@ from export.errors import ExportError
 from export.fold_bn import FoldReport, fold_batchnorm
 from export.fp16 import Fp16Report
 from export.loading import load_keras
+from export.version import zoo_version
 
 EXPORT = "export"  # the kind of folder in zoo's manifest
 
@@ -77,7 +77,7 @@ def export_model(
 
         standard_input_sets(describe(model).inputs, sizes=parity_sizes)  # raises for a fixed-size model
     result = ExportResult(out_dir)
-    meta = {"zoo_version": _version(), "source_model": str(src), **(metadata or {})}
+    meta = {"zoo_version": zoo_version(), "source_model": str(src), **(metadata or {})}
     with atomic_output(out_dir, **destination) as tmp:
         tmp.mkdir()
         shutil.copyfile(src, tmp / ORIGINAL)
@@ -119,10 +119,3 @@ def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1
     reference, candidates, notes = runners_for(Path(directory), device=device, ort_disabled=ort_disabled)
     input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed, sizes=sizes)
     return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes)
-
-
-def _version() -> str:
-    try:
-        return importlib_metadata.version("zoo")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"

@@ -9,13 +9,10 @@ from export.errors import ExportError
 from export.ort_session import (
     CPU,
     CUDA,
-    bind,
     cuda_available,
     cuda_unavailable_reason,
     make_session,
     run_bound,
-    sample_feeds,
-    warm_up,
 )
 from export.runtimes import OrtRunner
 
@@ -126,18 +123,7 @@ def test_io_binding_gives_the_same_outputs(model_path):
     bound = OrtRunner(model_path, device="cpu", io_binding=True)
     np.testing.assert_array_equal(bound({"x": X})["y"], plain({"x": X})["y"])
     run = plain.bound({"x": X})
-    warm_up(run, runs=2)
+    run()
+    run()
     np.testing.assert_array_equal(run.binding.copy_outputs_to_cpu()[0], plain({"x": X})["y"])
     np.testing.assert_array_equal(run_bound(plain.session, {"x": X})[0], plain({"x": X})["y"])
-
-
-def test_sample_feeds_fill_dynamic_dims_and_warm_up_runs(model_path):
-    session = make_session(model_path, device="cpu").session
-    feeds = sample_feeds(session, batch=3)
-    assert feeds["x"].shape == (3, 4) and feeds["x"].dtype == np.float32
-    calls = []
-    warm_up(lambda: calls.append(session.run(None, feeds)), runs=4)
-    assert len(calls) == 4
-    run = bind(session, feeds)
-    run()
-    assert run.binding.copy_outputs_to_cpu()[0].shape == (3, 3)

@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -35,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from export.errors import first_line
+import zoo
 from zoo.serving import limits
 from zoo.serving.batcher import DynamicBatcher, ServerStopping
 from zoo.serving.model import ServedModel
@@ -82,7 +82,7 @@ def create_app(model_path: Path | str, *, name: str | None = None, device: str =
             raise ProtocolError(f"model {spec.name!r} has no version {version!r}; it has {spec.version!r}", 404)
 
     async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "zoo", "version": _version(), "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "zoo", "version": zoo.__version__, "extensions": ["binary_tensor_data"]})
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -187,11 +187,3 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytearra
         body += chunk
         if not message.get("more_body", False):
             return body
-
-
-def _version() -> str:
-    try:
-        return importlib_metadata.version("zoo")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
-
