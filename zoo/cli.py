@@ -612,12 +612,13 @@ def serve_command(
         from urllib.parse import quote
 
         from zoo.errors import ZooError
+        from zoo.checks import check_positive
         from zoo.serving import limits
         from zoo.serving.model import check_model_name
 
         if max_batch < 1:
             raise ZooError(f"--max-batch {max_batch} must be at least 1 (1: no batching)")
-        max_body_bytes = int(limits.positive_number(max_body_mb, "--max-body-mb") * 2**20)
+        max_body_bytes = int(check_positive("--max-body-mb", max_body_mb) * 2**20)
         if not (math.isfinite(batch_window_ms) and batch_window_ms >= 0):
             raise ZooError(f"--batch-window-ms {batch_window_ms} must be a finite number, 0 or more")
         limits.check_request_limits(max_body_bytes=max(max_body_bytes, 1), max_request_rows=max_request_rows,

@@ -12,6 +12,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from zoo.checks import check_positive
 from zoo.errors import ZooError
 
 TASKS = ("classification", "denoising", "style_transfer")
@@ -83,13 +84,8 @@ def create_model(name: str, **config: Any):
     config.setdefault("input_shape", spec.default_input_shape)
     config["input_shape"] = _checked_input_shape(name, config["input_shape"])
     if "num_classes" in config:
-        _check_positive_int(name, "num_classes", config["num_classes"])
+        check_positive(f"model {name!r}: num_classes", config["num_classes"], integer=True)
     return spec.builder(**config)
-
-
-def _check_positive_int(model: str, option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ZooError(f"model {model!r}: {option} must be a positive integer, not {value!r}")
 
 
 def _checked_input_shape(model: str, shape: Any) -> tuple[int | None, ...]:
@@ -99,6 +95,6 @@ def _checked_input_shape(model: str, shape: Any) -> tuple[int | None, ...]:
     *spatial, channels = shape
     for value in spatial:
         if value is not None:
-            _check_positive_int(model, "input_shape height/width", value)
-    _check_positive_int(model, "input_shape channels", channels)
+            check_positive(f"model {model!r}: input_shape height/width", value, integer=True)
+    check_positive(f"model {model!r}: input_shape channels", channels, integer=True)
     return tuple(shape)

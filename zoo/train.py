@@ -22,6 +22,7 @@ from zoo.data import load_dataset, make_pipeline, steps_per_epoch
 from zoo.distribute import as_float32, make_strategy, mixed_policy, synchronize_bn
 from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
+from zoo.checks import check_positive
 from zoo.registry import create_model, get_model_spec
 from zoo.runs import run_directory, write_metrics
 
@@ -240,12 +241,6 @@ def compile_classifier(model: keras.Model, lr: float, *, steps: int, from_logits
     """zoo's default recipe (Adam, linear warm-up from lr/10 over 10 % of the steps, then cosine decay to 0) at
     `lr`. The warm-up keeps the first steps from outrunning BN's statistics."""
     compile_with(model, DEFAULT.with_overrides(lr=lr), steps=steps, from_logits=from_logits)
-
-
-def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
-    kinds = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        raise ZooError(f"{name} must be a positive {'integer' if integer else 'number'}, not {value!r}")
 
 
 def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:

@@ -25,7 +25,7 @@ import zoo
 from zoo.denoise.data import HELD_OUT, TRAIN_IMAGES, add_noise, check_sigma, load_images, patch_pipeline, training_specs
 from zoo.errors import ZooError
 from zoo.runs import run_directory, write_metrics
-from zoo.train import check_positive
+from zoo.checks import check_positive
 
 RUN_FILES = ("model.keras", "history.csv", "curves.png", "metrics.json")
 STEPS_PER_EPOCH = 50

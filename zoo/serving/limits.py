@@ -16,9 +16,7 @@ its `zoo serve` flag (`create_app`, `make_server` and the CLI all check through 
 """
 from __future__ import annotations
 
-import math
-
-from zoo.errors import ZooError
+from zoo.checks import check_positive
 
 MAX_BODY_BYTES = 64 * 2**20
 MAX_REQUEST_ROWS = 1024
@@ -27,26 +25,13 @@ KEEP_ALIVE_S = 5.0
 READ_TIMEOUT_S = 10.0
 
 
-def positive_number(value: float, flag: str) -> float:
-    """`value` if it is a finite number above 0, else a ZooError naming `flag`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ZooError(f"{flag} {value} must be a finite positive number")
-    return value
-
-
-def positive_int(value: int, flag: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ZooError(f"{flag} {value} must be a whole number of at least 1")
-    return value
-
-
 def check_request_limits(*, max_body_bytes: int, max_request_rows: int, read_timeout_s: float) -> None:
-    positive_int(max_body_bytes, "--max-body-mb (in bytes)")
-    positive_int(max_request_rows, "--max-request-rows")
-    positive_number(read_timeout_s, "--read-timeout-s")
+    check_positive("--max-body-mb (in bytes)", max_body_bytes, integer=True)
+    check_positive("--max-request-rows", max_request_rows, integer=True)
+    check_positive("--read-timeout-s", read_timeout_s)
 
 
 def check_connection_limits(*, max_connections: int, keep_alive_s: float, read_timeout_s: float) -> None:
-    positive_int(max_connections, "--max-connections")
-    positive_number(keep_alive_s, "--keep-alive-s")
-    positive_number(read_timeout_s, "--read-timeout-s")
+    check_positive("--max-connections", max_connections, integer=True)
+    check_positive("--keep-alive-s", keep_alive_s)
+    check_positive("--read-timeout-s", read_timeout_s)

@@ -26,7 +26,7 @@ import zoo
 from zoo.errors import ZooError
 from zoo.images import center_crop, list_images, read_image, resize_short_side
 from zoo.runs import run_directory, write_metrics
-from zoo.train import check_positive
+from zoo.checks import check_positive
 
 TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "hubble_deep_field", "immunohistochemistry", "retina", "clock")
 HELD_OUT_PHOTOS = ("coffee", "rocket")
