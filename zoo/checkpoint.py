@@ -2,7 +2,7 @@
 
 After every epoch the callback saves the model — weights *and* optimizer state (moments, step count, so the
 learning-rate schedule goes on where it was) in one `.keras` — then atomically replaces `state.json`, which names
-that file, the epoch count and the history so far. A kill at any moment leaves either the previous complete
+that file, the epoch count and the history so far (both written through export/atomic.py, like every output). A kill at any moment leaves either the previous complete
 checkpoint or the new one, never a mix. The data pipeline's randomness depends only on (seed, epoch)
 (zoo/data/pipeline.py), so the resumed epochs see the batches the uninterrupted run would have seen.
 
@@ -14,13 +14,13 @@ resume with other settings (another model, dataset, batch size …) is refused r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from export.atomic import atomic_output, write_text
 from zoo.errors import ZooError
 
 STATE = "state.json"
@@ -40,13 +40,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:04d}.keras"
-        self.model.save(self.directory / f".{name}")  # Keras saves only to *.keras names
-        os.replace(self.directory / f".{name}", self.directory / name)
+        # the checkpoint folder is zoo's own (hidden, beside the run): its files are replaced without asking
+        with atomic_output(self.directory / name, overwrite=True, suffix=".keras") as tmp:  # Keras saves to *.keras
+            self.model.save(tmp)
         state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "model": name, "history": self.history}
-        (self.directory / f".{STATE}").write_text(json.dumps(state, indent=1))
-        os.replace(self.directory / f".{STATE}", self.directory / STATE)
+        write_text(self.directory / STATE, json.dumps(state, indent=1), overwrite=True)
         for old in self.directory.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink(missing_ok=True)

@@ -65,9 +65,9 @@ def finetune(
     from export.loading import load_keras
     from zoo.adabn import bn_layers
     from zoo.data import load_dataset, make_pipeline, steps_per_epoch
-    from zoo.runs import check_run_target, resolve_source, run_directory, write_metrics
+    from zoo.runs import check_run_target, plot_curves, resolve_source, run_directory, write_metrics
     from zoo.checks import check_positive
-    from zoo.train import compile_classifier, dataset_facts, plot_curves, write_history
+    from zoo.train import compile_classifier, dataset_facts, write_history
     import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
 
     started = time.perf_counter()

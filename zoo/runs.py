@@ -88,6 +88,23 @@ def publish(staging: Path, out: Path, files: tuple[str, ...]) -> None:
     record_written(out / files[0], entries=entries, kind=RUN)
 
 
+def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:
+    """Loss and accuracy per epoch, train and val, side by side. Uses the Agg canvas directly (no pyplot
+    state, no display needed)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
+    epochs = range(1, len(history["loss"]) + 1)
+    for axis, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
+        axis.plot(epochs, history[metric], marker="o", label="train")
+        if f"val_{metric}" in history:
+            axis.plot(epochs, history[f"val_{metric}"], marker="o", label="val")
+        axis.set(xlabel="epoch", ylabel=metric, title=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.savefig(path, dpi=100)
+
+
 def write_metrics(staging: Path, metrics: dict[str, Any]) -> None:
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 

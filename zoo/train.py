@@ -24,7 +24,7 @@ from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
 from zoo.checks import check_positive
 from zoo.registry import create_model, get_model_spec
-from zoo.runs import run_directory, write_metrics
+from zoo.runs import plot_curves, run_directory, write_metrics
 
 RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png")
 
@@ -241,20 +241,3 @@ def compile_classifier(model: keras.Model, lr: float, *, steps: int, from_logits
     """zoo's default recipe (Adam, linear warm-up from lr/10 over 10 % of the steps, then cosine decay to 0) at
     `lr`. The warm-up keeps the first steps from outrunning BN's statistics."""
     compile_with(model, DEFAULT.with_overrides(lr=lr), steps=steps, from_logits=from_logits)
-
-
-def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:
-    """Loss and accuracy per epoch, train and val, side by side. Uses the Agg canvas directly (no pyplot
-    state, no display needed)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
-    epochs = range(1, len(history["loss"]) + 1)
-    for axis, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
-        axis.plot(epochs, history[metric], marker="o", label="train")
-        if f"val_{metric}" in history:
-            axis.plot(epochs, history[f"val_{metric}"], marker="o", label="val")
-        axis.set(xlabel="epoch", ylabel=metric, title=metric)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.savefig(path, dpi=100)

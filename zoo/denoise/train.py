@@ -24,7 +24,7 @@ import numpy as np
 import zoo
 from zoo.denoise.data import HELD_OUT, TRAIN_IMAGES, add_noise, check_sigma, load_images, patch_pipeline, training_specs
 from zoo.errors import ZooError
-from zoo.runs import run_directory, write_metrics
+from zoo.runs import plot_curves, run_directory, write_metrics
 from zoo.checks import check_positive
 
 RUN_FILES = ("model.keras", "history.csv", "curves.png", "metrics.json")
@@ -50,7 +50,6 @@ def train_dncnn(*, out: Path, sigma: float = 25.0, steps: int = DEFAULTS["steps"
     import keras
 
     from zoo.registry import create_model
-    from zoo.train import plot_curves
 
     out = Path(out).expanduser()
     with run_directory(out, RUN_FILES, overwrite=overwrite, sources=[images] if images else ()) as staging:
