@@ -2,8 +2,8 @@
 
 After every epoch the callback saves the model — weights *and* optimizer state (moments, step count, so the
 learning-rate schedule goes on where it was) in one `.keras` — then atomically replaces `state.json`, which names
-that file, the epoch count and the history so far (both written through export/atomic.py, like every output). A kill at any moment leaves either the previous complete
-checkpoint or the new one, never a mix. The data pipeline's randomness depends only on (seed, epoch)
+that file, the epoch count and the history so far (both written through export/atomic.py, like every output). A
+kill at any moment leaves either the previous complete checkpoint or the new one, never a mix. The data pipeline's randomness depends only on (seed, epoch)
 (zoo/data/pipeline.py), so the resumed epochs see the batches the uninterrupted run would have seen.
 
 The checkpoint lives beside the run directory (`.NAME.checkpoint/`), outside the staging directory that a failed
