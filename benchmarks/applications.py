@@ -22,22 +22,18 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
+from _common import ROOT
 
 import numpy as np  # noqa: E402
 
-from tests.helpers import randomize_bn  # noqa: E402
+from _common import environment, randomize_bn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "applications.json"
 # keras.applications builder name -> scale of the [0, 1) test inputs. Models that rescale internally
@@ -313,17 +309,6 @@ def table(records: list[dict]) -> str:
 
 def _num(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1e}"
-
-
-def environment() -> dict:
-    import keras
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__, "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
-            "machine": platform.machine(), "loadavg_start": list(os.getloadavg())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: E402,F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
 
 METHODS = ("head only", "fine-tune, BN frozen", "fine-tune, BN train", "scratch")
 

@@ -4,8 +4,9 @@ For each model (random moderate BN statistics and non-zero biases, as a trained 
 * ONNX node count (zoo's `export_onnx`) and the TensorFlow ops left after Grappler in the SavedModel's serving
   function (what TF really executes: conv+bias+relu fused into _FusedConv2D, the rest as separate ops);
 * the nodes ONNX Runtime really runs after its own ORT_ENABLE_ALL graph optimisations (its optimised model, saved
-  with `optimized_model_filepath`): when those are the same for both, ORT runs the same graph and any speed ratio
-  is noise;
+  with `optimized_model_filepath`), counted per op type: when the counts are the same for both, ORT runs the same
+  ops and a speed ratio far from 1 is noise (the counts, not the node lists, are compared; the JSON key
+  `ort_runs_same_graph` holds that comparison);
 * ONNX Runtime CPU latency with ORT_ENABLE_ALL and with ORT_DISABLE_ALL graph optimisations, at batch 1 and 32;
 * TF SavedModel (`serving_default`) latency at batch 1 and 32.
 
@@ -24,22 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
+from _common import ROOT
 
 import numpy as np  # noqa: E402
 
 from export.timing import paired_ratios, summarize, time_interleaved  # noqa: E402
-from tests.helpers import randomize_bn  # noqa: E402
+from _common import environment, ort_session, randomize_bn, savedmodel_function  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "fold_speed.json"
 RUNTIMES = ("ort-all", "ort-none", "savedmodel")
@@ -104,28 +101,6 @@ MODELS = {
 }
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "convnet", "cnn_bn")
 SIZED = ("resnet50", "resnet50v2", "mobilenetv2", "dncnn")  # built for the --size² input
-
-
-def ort_session(path: Path, level: str, threads: int, spin: bool = True):
-    from export.ort_session import make_session
-
-    made = make_session(path, device="cpu", graph_optimization=level, threads=threads, allow_spinning=spin)
-    name = made.session.get_inputs()[0].name
-    return lambda x: made.session.run(None, {name: x})
-
-
-def savedmodel_function(path: Path):
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    function = loaded.signatures["serving_default"]
-    (keyword,) = function.structured_input_signature[1]
-
-    def call(x):
-        return function(**{keyword: x})
-
-    call.loaded = loaded  # keep the variables alive
-    return call
 
 
 def grappler_ops(path: Path) -> Counter:
@@ -278,19 +253,7 @@ def _ort_nodes(record: dict) -> str:
     if not ops:
         return "–"
     counts = f"{sum(ops['unfolded'].values())} → {sum(ops['folded'].values())}"
-    return counts + (" (same ops)" if record["ort_runs_same_graph"] else "")
-
-
-def environment(threads: int) -> dict:
-    import keras
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__, "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
-            "threads": threads or "library default", "machine": platform.machine(),
-            "processor": platform.processor(), "loadavg_start": list(os.getloadavg())}
+    return counts + (" (same op counts)" if record["ort_runs_same_graph"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
-    env = environment(args.threads)
+    env = environment(threads=args.threads or "library default")
     records = []
     with tempfile.TemporaryDirectory(prefix="zoo_speed_") as tmp:
         for name in names:

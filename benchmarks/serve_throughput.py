@@ -26,11 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
+from _common import ROOT
 
 import numpy as np  # noqa: E402
 
@@ -40,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "serve_throughput.json"
 def export_cnn_bn(directory: Path) -> Path:
     from export.fold_bn import fold_batchnorm
     from export.onnx import export_onnx
-    from tests.helpers import randomize_bn
+    from _common import randomize_bn
     from zoo.registry import create_model
 
     model = create_model("cnn_bn", input_shape=(28, 28, 1), num_classes=10)

@@ -19,17 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
+from _common import ROOT
 
 import numpy as np  # noqa: E402
 
-from benchmarks.fold_speed import environment, ort_session, savedmodel_function  # noqa: E402
+from _common import environment, ort_session, savedmodel_function  # noqa: E402
 from export.timing import summarize, time_interleaved  # noqa: E402
-from tests.helpers import randomize_bn  # noqa: E402
+from _common import randomize_bn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "stylize_speed.json"
 
@@ -54,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.pipeline import export_model
     from zoo.registry import create_model
 
-    env = environment(0)
+    env = environment(threads="library default")
     model = create_model("style_transformer", norm=args.norm)
     randomize_bn(model, moderate=True)
     x = np.random.default_rng(0).random((1, args.size, args.size, 3), dtype=np.float32)

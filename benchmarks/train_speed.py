@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _common  # noqa: E402,F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
 
 
 def zoo_seconds(model: str, epochs: int, batch: int, augment: bool, **options) -> float:

@@ -2,31 +2,7 @@
 
 import numpy as np
 
-
-def randomize_bn(model, seed: int = 0, *, moderate: bool = False) -> None:
-    """Give every BN random γ/β/mean/variance and every other bias non-zero values (nested layers too).
-
-    Default (tests): γ, β, mean ~ N(0,1), var ~ |N(0,1)|+0.5, biases ~ N(0,1) — far from the initial values.
-    `moderate` (deep keras.applications nets): γ ~ U(0.5,1.5), β, mean ~ N(0,0.1), var ~ U(0.5,1.5),
-    biases ~ N(0,0.1), so a 100-layer net keeps its activations in range.
-    """
-    import keras
-
-    rng = np.random.default_rng(seed)
-    small = 0.1 if moderate else 1.0
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            if layer.scale:
-                gamma = rng.uniform(0.5, 1.5, n) if moderate else rng.normal(size=n)
-                layer.gamma.assign(gamma.astype("float32"))
-            if layer.center:
-                layer.beta.assign(rng.normal(0, small, n).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0, small, n).astype("float32"))
-            var = rng.uniform(0.5, 1.5, n) if moderate else np.abs(rng.normal(size=n)) + 0.5
-            layer.moving_variance.assign(var.astype("float32"))
-        elif getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.normal(0, small, tuple(layer.bias.shape)).astype("float32"))
+from benchmarks._common import randomize_bn  # noqa: F401 - one implementation for tests and benchmarks
 
 
 def bn_layer_names(model) -> list[str]:
