@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
-from export.atomic import atomic_output, check_target
+from export.atomic import MANIFEST, atomic_output, check_target
 from export.errors import ExportError
 from export.fold_bn import FoldReport, fold_batchnorm
 from export.fp16 import Fp16Report
@@ -99,7 +99,7 @@ def export_model(
             export_tflite(target, tmp / TFLITE, saved_model=tmp / SAVEDMODEL)
         if not savedmodel:
             shutil.rmtree(tmp / SAVEDMODEL, ignore_errors=True)
-        result.written = [out_dir / p.name for p in sorted(tmp.iterdir())]
+        result.written = [out_dir / p.name for p in sorted(tmp.iterdir()) if p.name != MANIFEST]
     return result
 
 
