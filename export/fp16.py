@@ -13,8 +13,8 @@ The conversion is onnxconverter-common's `convert_float_to_float16(keep_io_types
 runners (and so parity, with its float16 tolerance) know what they run.
 
 ONNX Runtime's CPU provider has float16 kernels for few ops on x86; for the others it inserts Cast nodes at session
-creation and computes in float32, so on CPU a float16 model is mostly a half-size file, not a faster one. The
-numbers in the README are measured, not assumed.
+creation and computes in float32, so on CPU a float16 model is mostly a half-size file, not a faster one
+(measured: docs/benchmarks.md, `zoo bench`).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Training has two phases, like `zoo train` (Adam, warm-up then cosine decay, shif
    base's moving statistics, never update them, and keep γ and β (each BN stays the fixed affine map that
    export folds). With `bn_mode="train"` BN normalises with each batch's statistics and updates its moving
    averages, as in ordinary training. Frozen is the safe default for small target sets, where batch statistics
-   are noisy (see the README for measurements).
+   are noisy (measurements: docs/training.md, from benchmarks/finetune_bn.py).
 
 Why `trainable=False` and not the Keras 2 idiom `backbone(x, training=False)`: in Keras 3 (checked on 3.15) a
 functional model passes its own `training` flag to every nested call, so `fit` overrides that `False` and BN's

@@ -1,7 +1,7 @@
 """Training recipes: optimizer, learning-rate schedule, regularisation and batch size as one named unit.
 
 `default` is zoo's recipe for small data on a CPU (Adam 3e-3, 10 % linear warm-up then cosine decay to 0, batch
-32), measured on digits in the README. `paper` is the published recipe where a model has one:
+32), measured on digits in docs/training.md. `paper` is the published recipe where a model has one:
 
 - He et al. (2016) CIFAR ResNets (resnet20, resnet56; used for preact_resnet18 as in He et al.'s identity-mapping
   paper): SGD with momentum 0.9, learning rate 0.1, weight decay 1e-4, batch 128, 164 epochs (64k iterations
