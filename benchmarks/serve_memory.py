@@ -91,17 +91,11 @@ class Server:
                 "ort_runs": int(match[2]) if match else None, "tracebacks": out.count("Traceback")}
 
 
-class Sampler:
-    """The peak RSS of `server` while the `with` block runs."""
+class Background:
+    """Runs `self._run` in a thread while a `with` block runs; `_run` loops until `self._stop` is set."""
 
-    def __init__(self, server: Server, every_s: float = 0.02) -> None:
-        self.server, self.every_s, self.peak = server, every_s, 0.0
+    def __init__(self) -> None:
         self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.server.rss_mb())
-            time.sleep(self.every_s)
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -113,15 +107,28 @@ class Sampler:
         self._thread.join()
 
 
-class Probe:
+class Sampler(Background):
+    """The peak RSS of `server` while the `with` block runs."""
+
+    def __init__(self, server: Server, every_s: float = 0.02) -> None:
+        super().__init__()
+        self.server, self.every_s, self.peak = server, every_s, 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.server.rss_mb())
+            time.sleep(self.every_s)
+
+
+class Probe(Background):
     """1-row JSON requests while the `with` block runs, one every PERIOD_S (or right after the previous answer when
     that took longer), so the probe adds the same load to a fast server as to a slow one; latencies in ms."""
 
     PERIOD_S = 0.05
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url, self.latencies, self.failures = url, [], 0
-        self._stop = threading.Event()
 
     def _run(self) -> None:
         import httpx
@@ -135,15 +142,6 @@ class Probe:
                 self.latencies.append((time.perf_counter() - start) * 1e3)
                 self.failures += not ok
                 time.sleep(max(0.0, self.PERIOD_S - (time.perf_counter() - start)))
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def summary(self) -> dict:
         values = np.asarray(self.latencies or [np.nan])

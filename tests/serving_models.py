@@ -1,5 +1,8 @@
 """Small models for the serving and Triton tests, built in the test run (no downloads, a few seconds)."""
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 
@@ -59,3 +62,26 @@ def export_typed_model(directory: Path) -> Path:
     path = Path(directory) / "typed.onnx"
     onnx.save(model, path)
     return path
+
+
+@contextlib.contextmanager
+def serving_in_thread(app, **server_options):
+    """uvicorn (zoo's make_server) serving `app` on a free loopback port in a thread; yields the bound socket.
+    Stops the server and closes the socket afterwards."""
+    from zoo.serving.server import make_server, open_socket
+
+    sock = open_socket("127.0.0.1", 0)
+    server = make_server(app, **server_options)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield sock
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive()
+        sock.close()

@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -50,23 +48,12 @@ def client(onnx_path):
 @pytest.fixture(scope="module")
 def live_server(onnx_path):
     """uvicorn serving the model on a free loopback port, in a thread; yields (host:port, app)."""
+    from tests.serving_models import serving_in_thread
     from zoo.serving.app import create_app
-    from zoo.serving.server import make_server, open_socket
 
     app = create_app(onnx_path, name="tiny", device="cpu", max_batch=16)
-    sock = open_socket("127.0.0.1", 0)
-    server = make_server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"127.0.0.1:{sock.getsockname()[1]}", app
-    server.should_exit = True
-    thread.join(20)
-    assert not thread.is_alive()
-    sock.close()
+    with serving_in_thread(app) as sock:
+        yield f"127.0.0.1:{sock.getsockname()[1]}", app
 
 
 def feeds(rows=1, seed=0):

@@ -71,24 +71,14 @@ def client(typed_path):
 @pytest.fixture(scope="module")
 def live(slow_model):
     """uvicorn serving the slow typed model on a free loopback port with short timeouts; yields (host, port)."""
+    from tests.serving_models import serving_in_thread
     from zoo.serving.app import create_app
-    from zoo.serving.server import make_server, open_socket
 
     app = create_app(None, model=slow_model, max_batch=MAX_BATCH, max_request_rows=256,
                      read_timeout_s=READ_TIMEOUT_S)
-    sock = open_socket("127.0.0.1", 0)
-    server = make_server(app, max_connections=MAX_CONNECTIONS, keep_alive_s=READ_TIMEOUT_S,
-                         read_timeout_s=READ_TIMEOUT_S)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield sock.getsockname()[:2]
-    server.should_exit = True
-    thread.join(20)
-    sock.close()
+    with serving_in_thread(app, max_connections=MAX_CONNECTIONS, keep_alive_s=READ_TIMEOUT_S,
+                           read_timeout_s=READ_TIMEOUT_S) as sock:
+        yield sock.getsockname()[:2]
 
 
 def typed_inputs(rows=1, seed=0):
