@@ -1,4 +1,5 @@
-"""The layout of an export directory and the runners that can check it.
+"""Export folders: which artifacts one holds, and the runners that check it. The artifacts, their runtimes and
+what writes them are in one table, export/runtime_table.py:
 
     model.keras          copy of the original model: the parity reference
     model_folded.keras   BatchNorm folded (export/fold_bn.py)
@@ -15,25 +16,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from export.errors import ExportError, first_line
-from export.runtimes import (
-    KerasRunner,
-    OrtRunner,
-    Runner,
-    SavedModelRunner,
-    TFLiteRunner,
-    cuda_unavailable_reason,
+from export.runtime_table import (  # noqa: F401 - the artifact names are re-exported
+    ARTIFACTS,
+    FOLD_REPORT,
+    FOLDED,
+    ONNX,
+    ONNX_FP16,
+    ORIGINAL,
+    PARITY_REPORT,
+    REFERENCE,
+    RUNTIMES,
+    SAVEDMODEL,
+    TFLITE,
+    RunOptions,
+    by_name,
+    check_device,
+    select,
 )
+from export.runtimes import Runner
 
-ORIGINAL = "model.keras"
-FOLDED = "model_folded.keras"
-SAVEDMODEL = "saved_model"
-ONNX = "model.onnx"
-ONNX_FP16 = "model_fp16.onnx"
-TFLITE = "model.tflite"
-FOLD_REPORT = "fold_report.json"
-PARITY_REPORT = "parity.json"
-
-ARTIFACTS = (ORIGINAL, FOLDED, SAVEDMODEL, ONNX, ONNX_FP16, TFLITE)
+FOLDER_MODELS = (ORIGINAL, ONNX, SAVEDMODEL)  # what open_runner runs from a run or export folder, first found
 
 
 def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
@@ -50,67 +52,42 @@ def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
 def open_runner(path: Path | str, *, device: str = "auto") -> Runner:
     """A runner for one model file, by kind: `.keras`, `.onnx` (ONNX Runtime on `device`), `.tflite`, a SavedModel
     folder, or a folder holding one of model.keras / model.onnx / saved_model (a run or export folder; the first
-    found in that order)."""
+    found in that order). The runner names itself (ONNX Runtime: ort-cpu or ort-cuda, by where it runs)."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return SavedModelRunner(path)
-        for name in (ORIGINAL, ONNX, SAVEDMODEL):
+    if path.is_dir() and not any(runtime.recognises(path) for runtime in RUNTIMES):
+        for name in FOLDER_MODELS:
             if (path / name).exists():
                 return open_runner(path / name, device=device)
-        raise ExportError(f"{path} holds no model.keras, model.onnx or saved_model; pass a model file or folder")
+        raise ExportError(f"{path} holds no {', '.join(FOLDER_MODELS[:-1])} or {FOLDER_MODELS[-1]}; pass a model "
+                          f"file or folder")
     if not path.exists():
         raise ExportError(f"model {path} does not exist")
-    if path.suffix == ".keras":
-        return KerasRunner(path)
-    if path.suffix == ".onnx":
-        return OrtRunner(path, device=device)
-    if path.suffix == ".tflite":
-        return TFLiteRunner(path)
-    raise ExportError(f"model {path} is not a .keras, .onnx or .tflite file or a SavedModel folder")
+    runtime = next((runtime for runtime in RUNTIMES if runtime.recognises(path)), None)
+    if runtime is None:
+        raise ExportError(f"model {path} is not a .keras, .onnx or .tflite file or a SavedModel folder")
+    if runtime.device:  # a model file given directly runs on `device` and its runner names itself by where it runs
+        return runtime.runner(path, None, check_device(device), RunOptions())
+    return runtime.open(path)
 
 
 def runners_for(export_dir: Path | str, *, device: str = "auto",
                 ort_disabled: tuple[str, ...] = ()) -> tuple[Runner, list[Runner], list[str]]:
-    """(reference, candidates, notes) for every artifact in `export_dir`.
+    """(reference, candidates, notes) for every runtime of the table whose artifact `export_dir` holds.
 
     device "auto": ORT on CPU, plus ORT on CUDA when it really runs (else a note says why not); "cpu": CPU only;
     "cuda": CPU and CUDA, and an ExportError when CUDA cannot run. `ort_disabled` names ORT graph optimizers to
     switch off (see OrtRunner). A candidate whose artifact fails to load
     becomes a runner that fails, so parity shows it as a FAIL row rather than stopping; the reference must load.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ExportError(f"unknown device {device!r}: use auto, cpu or cuda")
     found = find_artifacts(export_dir)
+    runtimes, notes = select(found, device)
     if ORIGINAL not in found:
         raise ExportError(f"no {ORIGINAL} in {export_dir}: export the model first (zoo export) or pass a .keras file")
-    reference = KerasRunner(found[ORIGINAL], name="keras")
-    makers: dict[str, Callable[[], Runner]] = {}
-    notes = []
-    if FOLDED in found:
-        makers["keras-folded"] = lambda: KerasRunner(found[FOLDED], name="keras-folded")
-    if SAVEDMODEL in found:
-        makers["savedmodel"] = lambda: SavedModelRunner(found[SAVEDMODEL])
-    if ONNX in found:
-        makers["ort-cpu"] = lambda: OrtRunner(found[ONNX], device="cpu", name="ort-cpu",
-                                              disabled_optimizers=ort_disabled)
-        reason = "not requested (device=cpu)" if device == "cpu" else cuda_unavailable_reason()
-        if reason is None:
-            makers["ort-cuda"] = lambda: OrtRunner(found[ONNX], device="cuda", name="ort-cuda",
-                                                   disabled_optimizers=ort_disabled)
-        elif device == "cuda":
-            raise ExportError(f"CUDA execution provider is not usable here: {reason}")
-        else:
-            notes.append(f"ort-cuda skipped: {reason}")
-    if ONNX_FP16 in found:  # parity compares it at float16 tolerances (its runner's precision is "float16")
-        makers["ort-cpu-fp16"] = lambda: OrtRunner(found[ONNX_FP16], device="cpu", name="ort-cpu-fp16",
-                                                   disabled_optimizers=ort_disabled)
-        if device != "cpu" and cuda_unavailable_reason() is None:
-            makers["ort-cuda-fp16"] = lambda: OrtRunner(found[ONNX_FP16], device="cuda", name="ort-cuda-fp16",
-                                                        disabled_optimizers=ort_disabled)
-    if TFLITE in found:
-        makers["tflite"] = lambda: TFLiteRunner(found[TFLITE])
-    return reference, [_build(name, make) for name, make in makers.items()], notes
+    options = RunOptions(ort_disabled=ort_disabled)
+    reference = by_name(REFERENCE).open(found[ORIGINAL], options)
+    candidates = [_build(runtime.name, lambda runtime=runtime: runtime.open(found[runtime.artifact], options))
+                  for runtime in runtimes if runtime.name != REFERENCE]
+    return reference, candidates, notes
 
 
 class UnavailableRunner:

@@ -14,6 +14,7 @@ taking turns on few cores, an idle session's spinning threads would steal the co
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -23,16 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.artifacts import ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
+from export.artifacts import ORIGINAL, find_artifacts
 from export.atomic import write_text
 from export.errors import ExportError
+from export.runtime_table import (
+    NAMES,
+    REFERENCE,
+    RENAMED,
+    RUNTIMES,
+    RunOptions,
+    Runtime,
+    by_name,
+    check_device,
+    runs_on,
+    select,
+)
 from export.timing import paired_ratios, summarize, time_interleaved
 
-RUNTIMES = ("keras", "savedmodel", "onnx", "onnx-fp16", "tflite")
-BASELINE = "keras"
-ARTIFACT_OF = {"keras": ORIGINAL, "savedmodel": SAVEDMODEL, "onnx": ONNX, "onnx-fp16": ONNX_FP16, "tflite": TFLITE}
-HOW_TO_GET = {"savedmodel": "zoo export (without --no-savedmodel)", "onnx": "zoo export --onnx",
-              "onnx-fp16": "zoo export --onnx --fp16", "tflite": "zoo export --tflite"}
+BASELINE = REFERENCE
 DEFAULT_BATCHES = (1, 8, 32)
 
 
@@ -89,13 +98,16 @@ class BenchReport:
 
 
 def parse_runtimes(text: str | None) -> list[str] | None:
-    """'keras,onnx' -> ['keras', 'onnx'] (None: every runtime the export holds); unknown names are an error."""
+    """'keras,ort-cpu' -> ['keras', 'ort-cpu'] (None: every runtime the export holds); names are the runtime
+    table's (export/runtime_table.py), and an unknown one is an error that lists them."""
     if text is None:
         return None
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in RUNTIMES]
+    unknown = [name for name in names if name not in NAMES]
     if unknown or not names:
-        raise ExportError(f"unknown runtime(s) {', '.join(unknown) or repr(text)}: choose from {', '.join(RUNTIMES)}")
+        renamed = "".join(f"; {name} is now {RENAMED[name]}" for name in unknown if name in RENAMED)
+        raise ExportError(f"unknown runtime(s) {', '.join(unknown) or repr(text)}: choose from {', '.join(NAMES)}"
+                          f"{renamed}")
     return list(dict.fromkeys(names))
 
 
@@ -122,8 +134,9 @@ def run_bench(
 ) -> BenchReport:
     """Time every requested runtime of `export_dir` at every batch size (see the module docstring).
 
-    `runtimes`: from RUNTIMES (None: all the export holds); the baseline (Keras) is always measured. `size`: H×W
-    for models with dynamic spatial dims (default 32×32, as parity). `device`: where ONNX Runtime runs."""
+    `runtimes`: names from the runtime table (None: all the export holds that run on `device`, chosen as parity
+    chooses them); the baseline (Keras) is always measured. `size`: H×W for models with dynamic spatial dims
+    (default 32×32, as parity). `device`: auto, cpu or cuda, for the ONNX Runtime runtimes (ort-cpu, ort-cuda)."""
     from export.parity import PRIMARY_SPATIAL, make_inputs
 
     check_device(device)
@@ -137,22 +150,32 @@ def run_bench(
     found = find_artifacts(export_dir)
     if ORIGINAL not in found:
         raise ExportError(f"no {ORIGINAL} in {export_dir}: bench needs the Keras model as its baseline")
-    notes = []
     if names is None:
-        names = [n for n in RUNTIMES if ARTIFACT_OF[n] in found]
-        notes += [f"{n} not measured: no {ARTIFACT_OF[n]} (make it with {HOW_TO_GET[n]})"
-                  for n in RUNTIMES if ARTIFACT_OF[n] not in found]
+        chosen, notes = select(found, device)
+        names = [runtime.name for runtime in chosen]
+        missing: dict[str, list[Runtime]] = {}
+        for runtime in RUNTIMES:
+            if runtime.artifact not in found and runs_on(runtime, device) is None:
+                missing.setdefault(runtime.artifact, []).append(runtime)
+        notes += [f"{', '.join(r.name for r in group)} not measured: no {artifact} (make it with "
+                  f"{group[0].how_to_get()})" for artifact, group in missing.items()]
     else:
-        for n in names:
-            if ARTIFACT_OF[n] not in found:
-                raise ExportError(f"runtime {n} needs {ARTIFACT_OF[n]}, which {export_dir} does not hold: "
-                                  f"re-export with {HOW_TO_GET[n]}")
+        notes = []
+        for runtime in map(by_name, names):
+            if runtime.artifact not in found:
+                raise ExportError(f"runtime {runtime.name} needs {runtime.artifact}, which {export_dir} does not "
+                                  f"hold: re-export with {runtime.how_to_get()}")
+            if (reason := runs_on(runtime, device)) is not None:
+                raise ExportError(f"runtime {runtime.name} cannot run with --device {device}: {reason}")
         if BASELINE not in names:
             notes.append(f"{BASELINE} measured as the baseline although not requested")
     names = [BASELINE] + [n for n in names if n != BASELINE]
 
-    _import_libraries(names)
-    loaders = {n: _loader(n, found[ARTIFACT_OF[n]], device=device, io_binding=io_binding) for n in names}
+    options = RunOptions(io_binding=io_binding, allow_spinning=False)
+    chosen = [by_name(name) for name in names]
+    for runtime in chosen:  # import what the runtimes need first, so no cold start pays for a library import
+        runtime.preload()
+    loaders = {runtime.name: functools.partial(runtime.open, found[runtime.artifact], options) for runtime in chosen}
     probe = loaders[BASELINE]()
     specs = probe.signature.inputs
     dynamic = any(spec.dynamic_axes for spec in specs)
@@ -170,9 +193,7 @@ def run_bench(
             runner = loaders[n]()
             runner(feeds)
             cold[n] = (time.perf_counter() - start) * 1e3
-            details[n] = f"{runner.name}, {runner.detail}"
-            if getattr(runner, "fallback", None):
-                notes.append(f"{n}: {runner.fallback}")
+            details[n] = runner.detail
             calls[n] = runner.bound(feeds) if io_binding and hasattr(runner, "bound") else _call(runner, feeds)
         say(f"batch {batch}: timing {', '.join(names)} ({runs} runs each)")
         times = time_interleaved(calls, runs=runs, warmup=warmup)
@@ -194,16 +215,6 @@ def run_bench(
                        settings=settings, notes=list(dict.fromkeys(notes)))
 
 
-def check_device(device: str) -> None:
-    """An unknown device, or device "cuda" where CUDA cannot run, is an ExportError before anything is loaded."""
-    from export.ort_session import DEVICES, cuda_unavailable_reason
-
-    if device not in DEVICES:
-        raise ExportError(f"unknown device {device!r}: use auto, cpu or cuda")
-    if device == "cuda" and (reason := cuda_unavailable_reason()):
-        raise ExportError(f"CUDA execution provider is not usable here: {reason}")
-
-
 def environment() -> dict[str, Any]:
     """Where the figures were measured."""
     return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
@@ -212,29 +223,3 @@ def environment() -> dict[str, Any]:
 
 def _call(runner: Any, feeds: dict) -> Callable[[], Any]:
     return lambda: runner(feeds)
-
-
-def _loader(name: str, path: Path, *, device: str, io_binding: bool) -> Callable[[], Any]:
-    from export.runtimes import KerasRunner, OrtRunner, SavedModelRunner, TFLiteRunner
-
-    if name == "keras":
-        return lambda: KerasRunner(path, name="keras")
-    if name == "savedmodel":
-        return lambda: SavedModelRunner(path)
-    if name == "tflite":
-        return lambda: TFLiteRunner(path)
-    return lambda: OrtRunner(path, device=device, io_binding=io_binding, allow_spinning=False)
-
-
-def _import_libraries(names: Sequence[str]) -> None:
-    """Import what the runtimes need before timing, so no cold start pays for a library import."""
-    import keras  # noqa: F401
-
-    if "savedmodel" in names or "tflite" in names:
-        import tensorflow  # noqa: F401
-    if any(n.startswith("onnx") for n in names):
-        import onnxruntime  # noqa: F401
-    if "tflite" in names:
-        from export.runtimes import _tflite_interpreter
-
-        _tflite_interpreter()

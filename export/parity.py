@@ -8,7 +8,8 @@ classifier-like outputs (2-D, ≥ 2 classes), top-1 agreement (informative; it d
 
 Tolerances are per runtime: a runner whose `precision` is "float16" (model_fp16.onnx) is compared at
 atol = rtol = 1e-3 (or the given tolerance, if larger), every other one at the given atol/rtol (1e-5 by default);
-each row and the report say which tolerance applied.
+for an export folder the runtime table's `precision` says the same (export/runtime_table.py). Each row and the
+report say which tolerance applied.
 """
 from __future__ import annotations
 
@@ -246,8 +247,14 @@ def run_parity(
 
 
 def runtime_tolerance(runner: Runner, atol: float, rtol: float) -> tuple[float, float]:
-    """(atol, rtol) for one runner: at least FP16_TOLERANCE for a float16 model, the given ones otherwise."""
-    if getattr(runner, "precision", "float32") == "float16":
+    """(atol, rtol) for one runner, by its `precision` (float32 when it has none)."""
+    return precision_tolerance(getattr(runner, "precision", "float32"), atol, rtol)
+
+
+def precision_tolerance(precision: str, atol: float, rtol: float) -> tuple[float, float]:
+    """(atol, rtol) for a model computing in `precision`: at least FP16_TOLERANCE for float16, the given ones
+    otherwise."""
+    if precision == "float16":
         return max(atol, FP16_TOLERANCE), max(rtol, FP16_TOLERANCE)
     return atol, rtol
 

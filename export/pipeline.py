@@ -11,6 +11,8 @@ an earlier export (export/atomic.py: zoo's manifest, `.zoo-manifest.json`, says 
     model.onnx.data      the ONNX weights, for models too large for one protobuf (> 1.5 GiB of weights)
     model_fp16.onnx      model.onnx converted to float16 weights and compute, float32 inputs/outputs (--fp16)
     model.tflite         TFLite
+
+What each option writes, and in which order, is the runtime table's (export/runtime_table.py).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from export.artifacts import FOLD_REPORT, FOLDED, ONNX, ONNX_FP16, ORIGINAL, SAVEDMODEL, TFLITE, find_artifacts
-from export.atomic import MANIFEST, atomic_output, check_target
+from export.artifacts import ORIGINAL, find_artifacts
+from export.atomic import atomic_output, check_target
 from export.errors import ExportError
-from export.fold_bn import FoldReport, fold_batchnorm
-from export.fp16 import Fp16Report
 from export.loading import load_keras
+from export.runtime_table import ARTIFACTS, ExportContext, by_option, writers
 from export.version import zoo_version
 
 EXPORT = "export"  # the kind of folder in zoo's manifest
@@ -34,8 +36,15 @@ EXPORT = "export"  # the kind of folder in zoo's manifest
 class ExportResult:
     directory: Path
     written: list[Path] = field(default_factory=list)
-    fold_report: FoldReport | None = None
-    fp16_report: Fp16Report | None = None
+    reports: dict[str, Any] = field(default_factory=dict)  # option -> what its writer reported (has summary())
+
+    @property
+    def fold_report(self):  # export.fold_bn.FoldReport, with fold_bn
+        return self.reports.get("fold_bn")
+
+    @property
+    def fp16_report(self):  # export.fp16.Fp16Report, with fp16
+        return self.reports.get("fp16")
 
 
 def export_model(
@@ -53,20 +62,25 @@ def export_model(
     parity_sizes: list[tuple[int, int]] | None = None,
     fp16: bool = False,
     overwrite: bool = False,
+    **formats: bool,
 ) -> ExportResult:
     """Export the `.keras` model at `src` into `out_dir` (created, or an earlier export replaced, atomically).
 
+    `fold_bn`, `onnx`, `savedmodel`, `tflite`, `fp16` and `formats` (any other option of the runtime table,
+    export/runtime_table.py): which artifacts to write; they are written in table order.
     `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB).
     `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written.
     `fp16`: also write model_fp16.onnx, converted from model.onnx (after folding, so the fold is done in float32).
     `overwrite`: replace whatever is at `out_dir`, even if zoo did not write it (never `src` itself)."""
-    from export.fp16 import convert_fp16
-    from export.onnx import EXTERNAL_DATA_SUFFIX, export_onnx
-    from export.savedmodel import export_savedmodel
-    from export.tflite import export_tflite
-
-    if fp16 and not onnx:
-        raise ExportError("--fp16 converts the ONNX model: add --onnx")
+    requested = {"fold_bn": fold_bn, "savedmodel": savedmodel, "onnx": onnx, "fp16": fp16, "tflite": tflite,
+                 **formats}
+    to_write = [runtime for runtime in writers() if requested.pop(runtime.option, False)]
+    if requested:
+        raise ExportError(f"unknown export format(s) {', '.join(requested)}")
+    for runtime in to_write:
+        if runtime.needs and by_option(runtime.needs) not in to_write:
+            needed = by_option(runtime.needs)
+            raise ExportError(f"{runtime.flag} converts {needed.artifact}: add {needed.flag}")
     src, out_dir = Path(src), Path(out_dir).expanduser()
     destination = {"kind": EXPORT, "overwrite": overwrite, "sources": [src]}
     check_target(out_dir, **destination)  # before the model loads
@@ -77,36 +91,24 @@ def export_model(
 
         standard_input_sets(describe(model).inputs, sizes=parity_sizes)  # raises for a fixed-size model
     result = ExportResult(out_dir)
-    meta = {"zoo_version": zoo_version(), "source_model": str(src), **(metadata or {})}
     with atomic_output(out_dir, **destination) as tmp:
         tmp.mkdir()
         shutil.copyfile(src, tmp / ORIGINAL)
-        target = model
-        if fold_bn:
-            target, result.fold_report = fold_batchnorm(model)
-            target.save(tmp / FOLDED)
-            (tmp / FOLD_REPORT).write_text(result.fold_report.to_json())
-            meta["fold_report"] = result.fold_report.summary()
-        if savedmodel or tflite:
-            export_savedmodel(target, tmp / SAVEDMODEL)
-        if onnx:
-            export_onnx(target, tmp / ONNX, opset=opset, nchw=nchw, metadata=meta, external_data=onnx_external_data)
-        if fp16:
-            if (tmp / (ONNX + EXTERNAL_DATA_SUFFIX)).exists():
-                raise ExportError("--fp16 is not supported for models whose ONNX weights need external data (> 1.5 GiB)")
-            result.fp16_report = convert_fp16(tmp / ONNX, tmp / ONNX_FP16)
-        if tflite:
-            export_tflite(target, tmp / TFLITE, saved_model=tmp / SAVEDMODEL)
-        if not savedmodel:
-            shutil.rmtree(tmp / SAVEDMODEL, ignore_errors=True)
-        result.written = [out_dir / p.name for p in sorted(tmp.iterdir()) if p.name != MANIFEST]
+        context = ExportContext(tmp, model, {"zoo_version": zoo_version(), "source_model": str(src),
+                                             **(metadata or {})}, opset=opset, nchw=nchw,
+                                onnx_external_data=onnx_external_data)
+        for runtime in to_write:
+            report = runtime.writer(context)
+            if report is not None:
+                result.reports[runtime.option] = report
+        result.written = [out_dir / p.name for p in sorted(tmp.iterdir())]
     return result
 
 
 def is_export_dir(directory: Path) -> bool:
     """Whether `directory` holds an export (a reference model and at least one exported format)."""
     found = find_artifacts(directory)
-    return ORIGINAL in found and any(k in found for k in (FOLDED, SAVEDMODEL, ONNX, ONNX_FP16, TFLITE))
+    return ORIGINAL in found and any(name in found for name in ARTIFACTS if name != ORIGINAL)
 
 
 def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1e-5, rtol: float = 1e-5,
@@ -115,7 +117,9 @@ def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1
     """Run every runtime found in an export directory against the original Keras model (see export/parity.py)."""
     from export.artifacts import runners_for
     from export.parity import run_parity, standard_input_sets
+    from export.runtime_table import parity_tolerances
 
     reference, candidates, notes = runners_for(Path(directory), device=device, ort_disabled=ort_disabled)
     input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed, sizes=sizes)
-    return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes)
+    tolerances = parity_tolerances([runner.name for runner in candidates], atol, rtol)
+    return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes, tolerances=tolerances)

@@ -2,7 +2,8 @@
 
     runner(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]   # keyed by output name
 
-and the attributes `name` ("keras", "keras-folded", "savedmodel", "ort-cpu", "ort-cuda", "tflite"),
+and the attributes `name` (a runtime of export/runtime_table.py: "keras", "keras-folded", "savedmodel", "ort-cpu",
+"ort-cuda", "ort-cpu-fp16", …, "tflite"),
 `input_names`, `output_names` (model order for Keras and ONNX; SavedModel and TFLite signatures keep names only,
 sorted), `input_shapes` ({input name: shape in the model's NHWC layout, None for dynamic dims}) and `detail` (what actually ran, e.g. the ONNX Runtime providers in use).
 

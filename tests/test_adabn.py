@@ -91,3 +91,11 @@ def test_cli_bad_input(digits_run, tmp_path):
                       "must end in .keras")
     assert_user_error(invoke("recalibrate-bn", digits_run, "--dataset", "digits", "--batches", 0), "batches")
     assert not list(tmp_path.iterdir())
+
+
+def test_out_may_be_a_folder_like_every_command_s(digits_run, tmp_path):
+    result = invoke("recalibrate-bn", digits_run, "--dataset", "digits+invert", "--batches", 2, "--no-evaluate",
+                    "--out", tmp_path / "recalibrated")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "recalibrated" / "model_adabn.keras").is_file()
+    assert f"wrote {tmp_path / 'recalibrated' / 'model_adabn.keras'}" in result.output

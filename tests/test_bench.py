@@ -10,7 +10,7 @@ from export.pipeline import export_model
 from export.timing import paired_ratios, summarize, time_interleaved
 from tests.helpers import assert_user_error, invoke
 
-RUNTIMES = ("keras", "savedmodel", "onnx", "onnx-fp16", "tflite")
+RUNTIMES = ("keras", "keras-folded", "savedmodel", "ort-cpu", "ort-cpu-fp16", "tflite")
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +43,24 @@ def test_bench_times_every_runtime_at_every_batch(export_dir, tmp_path):
         assert row["throughput"] == pytest.approx(row["batch"] * 1e3 / row["p50_ms"])
         if row["runtime"] == "keras":
             assert row["ratio"] == 1.0
-    assert "CPUExecutionProvider" in data["runtimes"]["onnx"]
-    assert "float16 weights" in data["runtimes"]["onnx-fp16"]
+    assert "CPUExecutionProvider" in data["runtimes"]["ort-cpu"]
+    assert "float16 weights" in data["runtimes"]["ort-cpu-fp16"]
+    assert "ort-cuda, ort-cuda-fp16 skipped: not requested (device=cpu)" in data["notes"]
 
 
 def test_bench_a_subset_still_measures_the_baseline(export_dir):
-    result = invoke("bench", export_dir, "--runtimes", "onnx", "--batch", "2", "--runs", 2, "--warmup", 0,
+    result = invoke("bench", export_dir, "--runtimes", "ort-cpu", "--batch", "2", "--runs", 2, "--warmup", 0,
                     "--device", "cpu", "--io-binding")
     assert result.exit_code == 0, result.output
     assert "keras measured as the baseline" in result.output
-    assert any(line.startswith("onnx ") for line in result.output.splitlines())
+    assert any(line.startswith("ort-cpu ") for line in result.output.splitlines())
     assert not any(line.startswith("tflite ") for line in result.output.splitlines())
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (("--runtimes", "keras,pytorch"), ("unknown runtime(s) pytorch", "onnx-fp16")),
+    (("--runtimes", "keras,pytorch"), ("unknown runtime(s) pytorch", "ort-cpu-fp16", "keras-folded")),
+    (("--runtimes", "onnx"), ("unknown runtime(s) onnx", "onnx is now ort-cpu or ort-cuda")),
+    (("--runtimes", "ort-cuda", "--device", "cpu"), ("ort-cuda cannot run with --device cpu",)),
     (("--batch", "1,x"), ("--batch '1,x'", "positive integers")),
     (("--batch", "0"), ("--batch '0'",)),
     (("--size", "32"), ("--size '32' is not HxW",)),

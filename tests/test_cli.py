@@ -1,6 +1,7 @@
 """The `zoo` commands end to end through typer's CliRunner: train → export --fold-bn --onnx → parity, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -154,6 +155,29 @@ def test_export_truncated_keras_archive(tmp_path):
         archive.writestr("config.json", "{broken")
     assert_user_error(invoke("export", path, "--onnx"), "cannot load")
     assert not (tmp_path / "bad_export").exists()
+
+
+def test_a_failing_command_that_loads_tensorflow_prints_one_line(tmp_path):
+    """TensorFlow's C++ start-up log (absl's pre-init warning, oneDNN, CUDA drivers, cuInit) stays off stderr."""
+    path = tmp_path / "bad.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{broken")
+    code = ("import sys\nfrom zoo.cli import app\nsys.argv = ['zoo', *sys.argv[1:]]\n"
+            "try:\n    app()\nfinally:\n    print('tensorflow' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOO_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run([sys.executable, "-c", code, "export", str(path), "--onnx"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert result.stdout.strip() == "True"  # the failure came after TensorFlow loaded
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: cannot load"), result.stderr
+
+
+def test_options_of_another_kind_of_model_are_refused(tmp_path):
+    assert_user_error(invoke("train", "dncnn", "--no-augment", "--out", tmp_path / "r"),
+                      "--no-augment is for classifiers, not `zoo train dncnn`")
+    assert_user_error(invoke("train", "cnn_bn", "--steps", 3, "--sigma", 5, "--out", tmp_path / "r"),
+                      "--steps, --sigma are for `zoo train style` or `zoo train dncnn`, not `zoo train cnn_bn`")
+    assert not (tmp_path / "r").exists()
 
 
 def test_export_run_dir_without_model(tmp_path):

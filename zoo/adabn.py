@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+import zoo.layers  # noqa: F401 - registers zoo's layers, so zoo's `.keras` files load in safe_mode
 from zoo.classifier import accuracy, is_classifier_for, square_image_input
 from zoo.errors import ZooError
 
@@ -112,16 +113,18 @@ def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: i
     """Recalibrate the `.keras` model at `src` on `dataset`'s training images (labels unused) and save it to `out`.
 
     With `evaluate`, a classifier whose class count matches the dataset is also scored on the dataset's test split
-    before and after (a measurement, not part of the recalibration). `out` replaces only a file zoo wrote
+    before and after (a measurement, not part of the recalibration). `out` is a `.keras` file or a folder (for
+    SRC_adabn.keras in it, as every command's --out is a folder); it replaces only a file zoo wrote
     (export/atomic.py) unless `overwrite`; it is never `src`."""
-    import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
     from export.atomic import atomic_output, check_target
     from export.loading import load_keras
     from zoo.data import load_dataset, make_pipeline
 
     out = Path(out).expanduser()
     if out.suffix != ".keras":
-        raise ZooError(f"--out {out} must end in .keras")
+        if out.suffix and not out.is_dir():
+            raise ZooError(f"--out {out} must end in .keras, or be a folder (for {Path(src).stem}_adabn.keras)")
+        out = out / f"{Path(src).stem}_adabn.keras"  # a folder, like every other command's --out
     destination = {"overwrite": overwrite, "sources": [src]}
     check_target(out, **destination)
     for name, value in (("batches", batches), ("batch_size", batch_size)):

@@ -34,6 +34,7 @@ from typing import Any
 
 import keras
 
+import zoo.layers  # noqa: F401 - registers zoo's layers, so zoo's `.keras` files load in safe_mode
 from zoo.classifier import accuracy, is_classifier_for, square_image_input
 from zoo.errors import ZooError
 
@@ -68,7 +69,6 @@ def finetune(
     from zoo.runs import check_run_target, plot_curves, resolve_source, run_directory, write_metrics
     from zoo.checks import check_positive
     from zoo.train import compile_classifier, dataset_facts, write_history
-    import zoo.layers  # noqa: F401 - zoo's registered layers, for zoo models
 
     started = time.perf_counter()
     if bn_mode not in BN_MODES:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+import zoo.layers  # noqa: F401 - registers zoo's layers, so zoo's `.keras` files load in safe_mode
 from zoo.errors import ZooError
 
 
 class ImageModel:
     def __init__(self, path: Path | str, *, device: str = "auto") -> None:
-        import zoo.layers  # noqa: F401 - registers zoo's layers so a zoo `.keras` loads in safe_mode
         from export.artifacts import open_runner
 
         self.runner = open_runner(path, device=device)
