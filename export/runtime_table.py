@@ -220,10 +220,9 @@ def writers() -> list[Runtime]:
 def check_device(device: str) -> str:
     """The one device check (auto, cpu or cuda): an unknown device is an ExportError, and so is "cuda" where ONNX
     Runtime cannot really run on CUDA. Returns `device`."""
-    from export.ort_session import DEVICES, cuda_unavailable_reason
+    from export.ort_session import check_device_name, cuda_unavailable_reason
 
-    if device not in DEVICES:
-        raise ExportError(f"unknown device {device!r}: use {', '.join(DEVICES)}")
+    check_device_name(device)
     if device == "cuda" and (reason := cuda_unavailable_reason()):
         raise ExportError(f"CUDA execution provider is not usable here: {reason}")
     return device

@@ -101,7 +101,7 @@ def test_disabled_optimizers_and_options_reach_onnxruntime(model_path, monkeypat
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"device": "gpu"}, "unknown ONNX Runtime device 'gpu'"),
+    ({"device": "gpu"}, "unknown device 'gpu': use auto, cpu, cuda"),
     ({"graph_optimization": "max"}, "unknown graph optimisation level 'max'"),
     ({"cudnn_conv_algo_search": "FAST"}, "unknown cudnn_conv_algo_search 'FAST'"),
     ({"threads": -1}, "threads must be ≥ 0"),
