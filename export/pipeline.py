@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from export.artifacts import ORIGINAL, find_artifacts
-from export.atomic import atomic_output, check_target
+from export.atomic import MANIFEST, atomic_output, check_target
 from export.errors import ExportError
 from export.loading import load_keras
 from export.runtime_table import ARTIFACTS, ExportContext, by_option, writers
@@ -101,7 +101,7 @@ def export_model(
             report = runtime.writer(context)
             if report is not None:
                 result.reports[runtime.option] = report
-        result.written = [out_dir / p.name for p in sorted(tmp.iterdir())]
+        result.written = [out_dir / p.name for p in sorted(tmp.iterdir()) if p.name != MANIFEST]
     return result
 
 
