@@ -326,3 +326,13 @@ def test_a_png_header_declaring_10_gigapixels_gets_the_max_pixels_message(denois
     huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     result = invoke("denoise", denoiser, huge, "--out", tmp_path / "out")
     assert_user_error(result, "100000×100000", "--max-pixels")
+
+
+def test_a_backup_left_between_the_two_renames_of_a_swap_is_put_back(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    backup = tmp_path / f".export.old-{dead.pid}-1-00000000"
+    backup.mkdir()
+    (backup / "model.onnx").write_text("the previous export")
+    remove_stale_partials(tmp_path / "export")  # the target is missing: the backup is the user's last export
+    assert (tmp_path / "export" / "model.onnx").read_text() == "the previous export" and not backup.exists()
