@@ -100,9 +100,13 @@ def parity_command(
     json_path: JsonPath = None,
     size: Sizes = None,
     ort_disable: Annotated[Optional[list[str]], typer.Option(help="Switch off an ONNX Runtime graph optimizer by name (repeatable), e.g. Pad_Fusion, to tell an ORT rewrite's error from an export's.")] = None,
+    localize: Annotated[bool, typer.Option("--localize", help="Compare every layer, not only the outputs, and name the first Keras layer where each runtime departs (docs/parity.md).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Compare every runtime's outputs with the original Keras model; exit 1 on any failure."""
+    """Compare every runtime's outputs with the original Keras model; exit 1 on any failure.
+
+    With --localize, every layer's output is compared, and the table names, per runtime, the first layer in
+    topological order that breaks the tolerance rule."""
     with user_errors():
         from zoo.runs import resolve_export_dir
 
@@ -113,8 +117,9 @@ def parity_command(
             check_target(json_path, overwrite=overwrite, sources=[src], option="--json")
         load_zoo_layers()
         with resolve_export_dir(src) as directory:
-            print_parity(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes,
-                         ort_disabled=tuple(ort_disable or ()), overwrite=overwrite)
+            show = print_localization if localize else print_parity
+            show(directory, device=device.value, atol=atol, rtol=rtol, json_path=json_path, sizes=sizes,
+                 ort_disabled=tuple(ort_disable or ()), overwrite=overwrite)
 
 
 def print_parity(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None,
@@ -130,4 +135,22 @@ def print_parity(directory: Path, *, device: str, atol: float, rtol: float, json
         write_text(json_path, json.dumps(report.to_dict(), indent=2), overwrite=overwrite)
     if not report.passed:
         typer.echo(f"error: parity FAILED at atol={atol:g} rtol={rtol:g}", err=True)
+        raise typer.Exit(1)
+
+
+def print_localization(directory: Path, *, device: str, atol: float, rtol: float, json_path: Path | None,
+                       sizes: list[tuple[int, int]] | None = None, ort_disabled: tuple[str, ...] = (),
+                       overwrite: bool = False) -> None:
+    """Print where each runtime of an export directory departs from the original, layer by layer (and write it as
+    JSON); exit 1 when any runtime diverges."""
+    from export.atomic import write_text
+    from export.localize import localize_export
+
+    report = localize_export(directory, device=device, atol=atol, rtol=rtol, sizes=sizes, ort_disabled=ort_disabled)
+    typer.echo(report.table())
+    if json_path is not None:
+        write_text(json_path, report.to_json(), overwrite=overwrite)
+    if not report.passed:
+        diverging = ", ".join(r.runtime for r in report.runtimes if r.diverges) or "no runtime could be compared"
+        typer.echo(f"error: per-layer parity FAILED at atol={atol:g} rtol={rtol:g}: {diverging}", err=True)
         raise typer.Exit(1)
