@@ -9,6 +9,7 @@ baseline: the same server, every request run alone.
 
     python benchmarks/serve_throughput.py                  # max-batch 1, 8, 32; 200 concurrent; 5 rounds
     python benchmarks/serve_throughput.py --max-batch 1,16 --concurrency 50 --rounds 3
+    python benchmarks/serve_throughput.py --device cuda [--cuda-graph]   # on a GPU (benchmarks/gpu_check.sh)
 
 Prints a Markdown table, writes benchmarks/results/serve_throughput.json.
 """
@@ -46,10 +47,11 @@ def export_cnn_bn(directory: Path) -> Path:
     return export_onnx(folded, directory / "model.onnx")
 
 
-def start_server(onnx_path: Path, max_batch: int, window_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(onnx_path: Path, max_batch: int, window_ms: float, device: str = "cpu",
+                 cuda_graph: bool = False) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "serve", str(onnx_path), "--port", "0",
-                                "--device", "cpu", "--name", "cnn_bn", "--max-batch", str(max_batch),
-                                "--batch-window-ms", str(window_ms)],
+                                "--device", device, "--name", "cnn_bn", "--max-batch", str(max_batch),
+                                "--batch-window-ms", str(window_ms), *(["--cuda-graph"] if cuda_graph else [])],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = process.stdout.readline()
     if not first.startswith("serving "):
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200, help="simultaneous requests per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--window-ms", type=float, default=0.0, help="zoo serve --batch-window-ms")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt"), help="zoo serve --device")
+    parser.add_argument("--cuda-graph", action="store_true", help="zoo serve --cuda-graph (with --device cuda)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         images = [rng.random((1, 28, 28, 1), dtype=np.float32) for _ in range(args.concurrency)]
         expected = [reference({"image": image})["logits"] for image in images]
         for max_batch in (int(v) for v in args.max_batch.split(",")):
-            process, url = start_server(onnx_path, max_batch, args.window_ms)
+            process, url = start_server(onnx_path, max_batch, args.window_ms, args.device, args.cuda_graph)
             try:
                 rounds = asyncio.run(measure(url, images, expected, args.rounds))
             finally:
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                          "p50_ms": round(float(np.percentile(latencies, 50)), 1),
                          "p99_ms": round(float(np.percentile(latencies, 99)), 1), "server": server})
     base = rows[0]["requests_per_s"]
-    print(f"{args.concurrency} concurrent single-image JSON requests to `zoo serve` (cnn_bn 28×28×1, CPU, "
+    where = {"cpu": "CPU"}.get(args.device, f"--device {args.device}{' --cuda-graph' if args.cuda_graph else ''}")
+    print(f"{args.concurrency} concurrent single-image JSON requests to `zoo serve` (cnn_bn 28×28×1, {where}, "
           f"{os.cpu_count()} cores), median of {args.rounds} rounds\n")
     print("| --max-batch | requests/s | vs first row | p50 ms | p99 ms | requests per ORT run | exit |")
     print("|---|---|---|---|---|---|---|")
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['p50_ms']} | {row['p99_ms']} | {row['server']['requests_per_run']} | {row['server']['exit_code']} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"concurrency": args.concurrency, "rounds": args.rounds,
-                                     "window_ms": args.window_ms, "onnxruntime": onnxruntime.__version__,
+                                     "window_ms": args.window_ms, "device": args.device,
+                                     "cuda_graph": args.cuda_graph, "onnxruntime": onnxruntime.__version__,
                                      "cpus": os.cpu_count(), "loadavg_end": list(os.getloadavg()), "rows": rows},
                                     indent=2))
     return 0

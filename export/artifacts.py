@@ -52,7 +52,8 @@ def find_artifacts(export_dir: Path | str) -> dict[str, Path]:
 def open_runner(path: Path | str, *, device: str = "auto") -> Runner:
     """A runner for one model file, by kind: `.keras`, `.onnx` (ONNX Runtime on `device`), `.tflite`, a SavedModel
     folder, or a folder holding one of model.keras / model.onnx / saved_model (a run or export folder; the first
-    found in that order). The runner names itself (ONNX Runtime: ort-cpu or ort-cuda, by where it runs)."""
+    found in that order). The runner names itself (ONNX Runtime: ort-cpu, ort-cuda or ort-tensorrt, by where it
+    runs)."""
     path = Path(path).expanduser()
     if path.is_dir() and not any(runtime.recognises(path) for runtime in RUNTIMES):
         for name in FOLDER_MODELS:
@@ -75,7 +76,8 @@ def runners_for(export_dir: Path | str, *, device: str = "auto",
     """(reference, candidates, notes) for every runtime of the table whose artifact `export_dir` holds.
 
     device "auto": ORT on CPU, plus ORT on CUDA when it really runs (else a note says why not); "cpu": CPU only;
-    "cuda": CPU and CUDA, and an ExportError when CUDA cannot run. `ort_disabled` names ORT graph optimizers to
+    "cuda": CPU and CUDA, and an ExportError when CUDA cannot run; "tensorrt": CPU, CUDA and TensorRT, and an
+    ExportError when TensorRT cannot run. `ort_disabled` names ORT graph optimizers to
     switch off (see OrtRunner). A candidate whose artifact fails to load
     becomes a runner that fails, so parity shows it as a FAIL row rather than stopping; the reference must load.
     """

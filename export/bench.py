@@ -36,6 +36,7 @@ from export.runtime_table import (
     Runtime,
     by_name,
     check_device,
+    requested,
     runs_on,
     select,
 )
@@ -136,7 +137,8 @@ def run_bench(
 
     `runtimes`: names from the runtime table (None: all the export holds that run on `device`, chosen as parity
     chooses them); the baseline (Keras) is always measured. `size`: H×W for models with dynamic spatial dims
-    (default 32×32, as parity). `device`: auto, cpu or cuda, for the ONNX Runtime runtimes (ort-cpu, ort-cuda)."""
+    (default 32×32, as parity). `device`: auto, cpu, cuda or tensorrt, for the ONNX Runtime runtimes (ort-cpu,
+    ort-cuda, ort-tensorrt)."""
     from export.parity import PRIMARY_SPATIAL, make_inputs
 
     check_device(device)
@@ -155,7 +157,7 @@ def run_bench(
         names = [runtime.name for runtime in chosen]
         missing: dict[str, list[Runtime]] = {}
         for runtime in RUNTIMES:
-            if runtime.artifact not in found and runs_on(runtime, device) is None:
+            if runtime.artifact not in found and requested(runtime, device) and runs_on(runtime, device) is None:
                 missing.setdefault(runtime.artifact, []).append(runtime)
         notes += [f"{', '.join(r.name for r in group)} not measured: no {artifact} (make it with "
                   f"{group[0].how_to_get()})" for artifact, group in missing.items()]

@@ -25,7 +25,9 @@ The rule for a layer is parity's with the absolute tolerance scaled by the tenso
 only past both atol·max(1, max |ref|) and rtol·|ref|. Inner activations are often far larger than the outputs
 (tens to hundreds), and the unscaled rule flags ordinary float rounding there. A layer that produces a model output is
 compared on the artifact's own output, exactly as parity compares it (same figures, same rule), so a runtime
-diverges when its outputs fail parity or any inner layer fails the scaled rule.
+diverges when its outputs fail parity or any inner layer fails the scaled rule. An int8 runtime (model_int8.onnx)
+is judged on its outputs only; its layers get their SQNR, 10·log10(Σ ref² / Σ (out − ref)²), and the lowest are
+named: where quantization costs most, the candidates for `zoo export --int8 --keep-float LAYER`.
 
 Folded BN. A BN folded into the conv before it has no tensor of its own: the conv's folded output is compared with
 the original BN's output, and the original conv's output is listed as unmapped ("folded"). A BN folded into the
@@ -51,6 +53,7 @@ from export.parity import (
     DEFAULT_RTOL,
     InputSet,
     compare,
+    compare_output,
     runtime_tolerance,
 )
 
@@ -427,11 +430,13 @@ class LayerError:
     max_abs: float
     rel_to_scale: float
     passed: bool
+    sqnr_db: float = math.inf  # 10·log10(Σ ref² / Σ (out − ref)²): the quantization figure (inf: exact)
 
     def merge(self, other: LayerError) -> None:
         """Keep the worst figures over input sets."""
         self.max_abs = _nanmax(self.max_abs, other.max_abs)
         self.rel_to_scale = _nanmax(self.rel_to_scale, other.rel_to_scale)
+        self.sqnr_db = min(self.sqnr_db, other.sqnr_db)
         self.passed = self.passed and other.passed
 
 
@@ -451,12 +456,24 @@ def compare_layer(layer: Path_, ref: np.ndarray, values: dict[str, np.ndarray], 
             scale = float(np.max(np.abs(ref))) if ref.size else 0.0
             result = compare(ref, arranged, atol=atol * max(1.0, scale) if scaled else atol, rtol=rtol, detail=False)
             err = LayerError(layer, candidate.tensor + layout, candidate.op, result["max_abs"],
-                             _ratio(result["max_abs"], scale), result["passed"])
+                             _ratio(result["max_abs"], scale), result["passed"], sqnr_db(ref, arranged))
             if best is None or _key(err) < _key(best):
                 best = err
     if best is None:
         return f"no tensor of the reference's shape {tuple(ref.shape)} (found {sorted(set(shapes))})"
     return best
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when out equals ref; nan with NaN/Inf)."""
+    ref64 = np.asarray(ref, np.float64)
+    noise = float(np.sum(np.square(np.asarray(out, np.float64) - ref64)))
+    signal = float(np.sum(np.square(ref64)))
+    if not (math.isfinite(noise) and math.isfinite(signal)):
+        return math.nan
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def _ratio(error: float, scale: float) -> float:
@@ -494,6 +511,7 @@ class RuntimeLocalization:
     runtime: str
     atol: float
     rtol: float
+    precision: str = "float32"
     layers: list[LayerError] = field(default_factory=list)
     unmapped: dict[Path_, str] = field(default_factory=dict)
     output_max_abs: float | None = None
@@ -503,7 +521,16 @@ class RuntimeLocalization:
 
     @property
     def first_divergent(self) -> LayerError | None:
+        """The first layer that fails the rule. None for an int8 runtime: quantization changes every layer, so
+        its layers are ranked by SQNR instead (`lowest_sqnr`) and only its outputs are judged, as parity does."""
+        if self.precision == "int8":
+            return None
         return next((layer for layer in self.layers if not layer.passed), None)
+
+    def lowest_sqnr(self, count: int = 5) -> list[LayerError]:
+        """The layers with the lowest SQNR (for a quantized runtime: where quantization costs most)."""
+        finite = [e for e in self.layers if not math.isnan(e.sqnr_db) and e.sqnr_db != math.inf]
+        return sorted(finite, key=lambda e: e.sqnr_db)[:count]
 
     @property
     def diverges(self) -> bool:
@@ -521,7 +548,9 @@ class RuntimeLocalization:
             "output_passed": self.output_passed,
             "error": self.error,
             "layers": [{"layer": e.layer, "runtime_tensor": e.runtime_tensor, "op": e.op, "max_abs": e.max_abs,
-                        "rel_to_scale": e.rel_to_scale, "passed": e.passed} for e in self.layers],
+                        "rel_to_scale": e.rel_to_scale, "sqnr_db": e.sqnr_db, "passed": e.passed}
+                       for e in self.layers],
+            "lowest_sqnr_layers": [e.layer for e in self.lowest_sqnr()],
             "unmapped": [{"layer": layer, "reason": reason} for layer, reason in self.unmapped.items()],
             "notes": self.notes,
         }
@@ -561,13 +590,16 @@ class LocalizationReport:
                          _num(r.output_max_abs), ("FAIL  " if r.diverges else "PASS  ") + compared))
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in (header, *rows)]
-        ranked = sorted(((r.runtime, e) for r in self.runtimes for e in r.layers),
+        ranked = sorted(((r.runtime, e) for r in self.runtimes if r.precision != "int8" for e in r.layers),
                         key=lambda item: -item[1].rel_to_scale if not math.isnan(item[1].rel_to_scale) else -math.inf)
         if ranked:
             lines += ["", "worst layers (error relative to the tensor's max |ref|):"]
             lines += [f"  {name:<14} {e.layer}  [{e.op}: {e.runtime_tensor}]  max abs {_num(e.max_abs)}, "
                       f"rel {_num(e.rel_to_scale)}{'' if e.passed else '  FAIL'}" for name, e in ranked[:worst]]
         for r in self.runtimes:
+            if r.precision == "int8" and r.lowest_sqnr():
+                lines.append(f"{r.runtime} lowest SQNR: " + ", ".join(f"{e.layer} {e.sqnr_db:.1f} dB"
+                                                                     for e in r.lowest_sqnr()))
             if r.unmapped:
                 shown = "; ".join(f"{layer}: {reason}" for layer, reason in list(r.unmapped.items())[:4])
                 more = f"; … {len(r.unmapped) - 4} more (see --json)" if len(r.unmapped) > 4 else ""
@@ -626,7 +658,8 @@ def localize(
     produces = {path: name for name, path in output_layers(model).items()}
     results, observations = [], []
     for runner in candidates:
-        result = RuntimeLocalization(runner.name, *runtime_tolerance(runner, atol, rtol))
+        result = RuntimeLocalization(runner.name, *runtime_tolerance(runner, atol, rtol),
+                                     precision=getattr(runner, "precision", "float32"))
         results.append(result)
         try:
             observations.append(observe(runner, model=runtime_model, order=order, atol=result.atol, rtol=result.rtol))
@@ -663,7 +696,8 @@ def localize(
                 continue
             tol = (result.atol, result.rtol)
             for name, expected in ref_out.items():
-                check = compare(expected, out[name], atol=tol[0], rtol=tol[1]) if name in out else None
+                check = (compare_output(expected, out[name], atol=tol[0], rtol=tol[1], precision=result.precision)
+                         if name in out else None)
                 result.output_passed &= bool(check and check["passed"])
                 worst = check["max_abs"] if check else math.nan
                 result.output_max_abs = worst if result.output_max_abs is None else _nanmax(result.output_max_abs,
@@ -674,7 +708,8 @@ def localize(
                     # a model output: the artifact's own output, as parity compares it
                     name = produces[layer.path]
                     error = compare_layer(layer.path, ref_out[name], {name: out[name]},
-                                          [Candidate(name, _op_of(observation, target))], *tol, scaled=False)
+                                          [Candidate(name, _op_of(observation, target))], *tol,
+                                          scaled=result.precision == "int8")
                 elif layer.path in result.unmapped:
                     continue
                 else:
@@ -695,10 +730,11 @@ def localize_export(directory: Path | str, *, device: str = "auto", atol: float 
                     rtol: float = DEFAULT_RTOL, batches: tuple[int, ...] = (1, 7), seed: int = 0,
                     sizes: list[tuple[int, int]] | None = None,
                     ort_disabled: tuple[str, ...] = ()) -> LocalizationReport:
-    """Localise every runtime of an export directory against its original Keras model, on parity's input sets."""
+    """Localise every runtime of an export directory against its original Keras model, on parity's input sets
+    (an int8 model on the held-out images its export kept, as parity does: export/pipeline.py parity_plan)."""
     from export.artifacts import FOLD_REPORT, FOLDED, find_artifacts, runners_for
     from export.loading import load_keras
-    from export.parity import standard_input_sets
+    from export.pipeline import parity_plan
 
     directory = Path(directory)
     reference, candidates, notes = runners_for(directory, device=device, ort_disabled=ort_disabled)
@@ -708,6 +744,14 @@ def localize_export(directory: Path | str, *, device: str = "auto", atol: float 
         folded = load_keras(found[FOLDED])
     report_path = directory / FOLD_REPORT
     fold_report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed, sizes=sizes)
-    return localize(reference, candidates, input_sets, runtime_model=folded if folded is not None else reference.model,
-                    fold_report=fold_report if folded is not None else None, atol=atol, rtol=rtol, notes=notes)
+    report = LocalizationReport(reference.name, [], [], list(notes))
+    for runners, input_sets, extra in parity_plan(directory, reference, candidates, batches=batches, seed=seed,
+                                                  sizes=sizes):
+        if not runners:
+            continue
+        part = localize(reference, runners, input_sets, runtime_model=folded if folded is not None else reference.model,
+                        fold_report=fold_report if folded is not None else None, atol=atol, rtol=rtol, notes=extra)
+        report.runtimes += part.runtimes
+        report.inputs += [label for label in part.inputs if label not in report.inputs]
+        report.notes += [note for note in part.notes if note not in report.notes]
+    return report

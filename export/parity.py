@@ -7,7 +7,10 @@ would have passed with atol = rtol = t (t = max |out − ref| / max(1, |ref|)), 
 classifier-like outputs (2-D, ≥ 2 classes), top-1 agreement (informative; it does not decide pass/fail).
 
 Tolerances are per runtime: a runner whose `precision` is "float16" (model_fp16.onnx) is compared at
-atol = rtol = 1e-3 (or the given tolerance, if larger), every other one at the given atol/rtol (1e-5 by default);
+atol = rtol = 1e-3 (or the given tolerance, if larger); one whose precision is "int8" (model_int8.onnx) at
+atol = rtol = 0.1 with atol relative to the output's scale (atol·max(1, max |ref|): int8's error grows with the
+range it quantizes; its real gate is accuracy on held-out data, export/int8.py); every other one at the given
+atol/rtol (1e-5 by default);
 for an export folder the runtime table's `precision` says the same (export/runtime_table.py). Each row and the
 report say which tolerance applied.
 """
@@ -22,6 +25,7 @@ import numpy as np
 
 from export.errors import ExportError, first_line
 from export.fp16 import FP16_TOLERANCE
+from export.int8 import INT8_TOLERANCE
 from export.runtimes import Runner
 from export.signature import TensorInfo
 
@@ -122,6 +126,15 @@ def compare(ref: np.ndarray, out: np.ndarray, *, atol: float = DEFAULT_ATOL, rto
     return result
 
 
+def compare_output(ref: np.ndarray, out: np.ndarray, *, atol: float, rtol: float, precision: str = "float32",
+                   detail: bool = True) -> dict:
+    """`compare` as parity applies it to a model output of a runtime computing in `precision`: for int8 the atol is
+    relative to the output's scale, atol·max(1, max |ref|); otherwise as given."""
+    if precision == "int8" and np.size(ref):
+        atol = atol * max(1.0, float(np.nanmax(np.abs(np.asarray(ref, np.float64)))))
+    return compare(ref, out, atol=atol, rtol=rtol, detail=detail)
+
+
 @dataclass
 class ParityRow:
     """One runtime on one input set; figures are the worst over the model's outputs."""
@@ -175,6 +188,13 @@ class ParityReport:
     def passed(self) -> bool:
         """Every row passed, and there was at least one comparison."""
         return bool(self.rows) and all(row.passed for row in self.rows)
+
+    def extend(self, other: ParityReport) -> None:
+        """Add another run's rows (same reference), e.g. runtimes judged on other inputs."""
+        self.rows += other.rows
+        self.runtimes.update(other.runtimes)
+        self.notes += [note for note in other.notes if note not in self.notes]
+        self.tolerances.update(other.tolerances)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(
@@ -260,6 +280,8 @@ def precision_tolerance(precision: str, atol: float, rtol: float) -> tuple[float
     otherwise."""
     if precision == "float16":
         return max(atol, FP16_TOLERANCE), max(rtol, FP16_TOLERANCE)
+    if precision == "int8":
+        return max(atol, INT8_TOLERANCE), max(rtol, INT8_TOLERANCE)
     return atol, rtol
 
 
@@ -273,7 +295,9 @@ def _check(runner: Runner, label: str, feeds: dict, expected: dict, atol: float,
     if missing:
         return ParityRow(runner.name, label, passed=False, reason=f"missing output(s) {missing}; has {sorted(actual)}",
                          atol=atol, rtol=rtol)
-    outputs = {name: compare(ref, actual[name], atol=atol, rtol=rtol) for name, ref in expected.items()}
+    precision = getattr(runner, "precision", "float32")
+    outputs = {name: compare_output(ref, actual[name], atol=atol, rtol=rtol, precision=precision)
+               for name, ref in expected.items()}
     row = ParityRow.from_outputs(runner.name, label, outputs)
     row.atol, row.rtol = atol, rtol
     return row

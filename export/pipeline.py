@@ -10,6 +10,7 @@ an earlier export (export/atomic.py: zoo's manifest, `.zoo-manifest.json`, says 
     model.onnx           ONNX, dynamic batch (and H×W for fully convolutional models)
     model.onnx.data      the ONNX weights, for models too large for one protobuf (> 1.5 GiB of weights)
     model_fp16.onnx      model.onnx converted to float16 weights and compute, float32 inputs/outputs (--fp16)
+    model_int8.onnx      model.onnx quantized to int8 (QDQ), calibrated and gated (--int8; int8_report.json)
     model.tflite         TFLite
 
 What each option writes, and in which order, is the runtime table's (export/runtime_table.py).
@@ -62,6 +63,7 @@ def export_model(
     parity_sizes: list[tuple[int, int]] | None = None,
     fp16: bool = False,
     overwrite: bool = False,
+    int8_settings: Any = None,
     **formats: bool,
 ) -> ExportResult:
     """Export the `.keras` model at `src` into `out_dir` (created, or an earlier export replaced, atomically).
@@ -71,7 +73,8 @@ def export_model(
     `onnx_external_data`: write the ONNX weights to model.onnx.data (None: only for models near protobuf's 2 GiB).
     `parity_sizes`: the image sizes parity will run at, checked against the model before anything is written.
     `fp16`: also write model_fp16.onnx, converted from model.onnx (after folding, so the fold is done in float32).
-    `overwrite`: replace whatever is at `out_dir`, even if zoo did not write it (never `src` itself)."""
+    `overwrite`: replace whatever is at `out_dir`, even if zoo did not write it (never `src` itself).
+    `int8_settings` (export.int8.Int8Settings): calibration and gate data for `int8=True` (model_int8.onnx)."""
     requested = {"fold_bn": fold_bn, "savedmodel": savedmodel, "onnx": onnx, "fp16": fp16, "tflite": tflite,
                  **formats}
     to_write = [runtime for runtime in writers() if requested.pop(runtime.option, False)]
@@ -96,7 +99,7 @@ def export_model(
         shutil.copyfile(src, tmp / ORIGINAL)
         context = ExportContext(tmp, model, {"zoo_version": zoo_version(), "source_model": str(src),
                                              **(metadata or {})}, opset=opset, nchw=nchw,
-                                onnx_external_data=onnx_external_data)
+                                onnx_external_data=onnx_external_data, int8=int8_settings)
         for runtime in to_write:
             report = runtime.writer(context)
             if report is not None:
@@ -114,12 +117,40 @@ def is_export_dir(directory: Path) -> bool:
 def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1e-5, rtol: float = 1e-5,
                  batches: tuple[int, ...] = (1, 7), seed: int = 0, sizes: list[tuple[int, int]] | None = None,
                  ort_disabled: tuple[str, ...] = ()):
-    """Run every runtime found in an export directory against the original Keras model (see export/parity.py)."""
+    """Run every runtime found in an export directory against the original Keras model (see export/parity.py).
+    An int8 model runs on the held-out images its export kept (export/int8.py), every other runtime on parity's
+    seeded inputs."""
     from export.artifacts import runners_for
-    from export.parity import run_parity, standard_input_sets
+    from export.parity import run_parity
     from export.runtime_table import parity_tolerances
 
     reference, candidates, notes = runners_for(Path(directory), device=device, ort_disabled=ort_disabled)
+    plan = parity_plan(Path(directory), reference, candidates, batches=batches, seed=seed, sizes=sizes)
+    report = None
+    for runners, input_sets, extra in plan:
+        tolerances = parity_tolerances([runner.name for runner in runners], atol, rtol)
+        part = run_parity(reference, runners, input_sets, atol=atol, rtol=rtol, notes=[*notes, *extra],
+                          tolerances=tolerances)
+        report = part if report is None else (report.extend(part) or report)
+    return report
+
+
+def parity_plan(directory: Path, reference, candidates, *, batches: tuple[int, ...] = (1, 7), seed: int = 0,
+                sizes: list[tuple[int, int]] | None = None) -> list[tuple[list, list, list[str]]]:
+    """[(runners, input sets, notes)]: parity's seeded inputs for every runtime but int8, and for int8 the held-out
+    images its export kept (falling back to the seeded inputs, with a note, when there are none)."""
+    from export.int8 import gate_note, sample_input_set
+    from export.parity import standard_input_sets
+
     input_sets = standard_input_sets(reference.signature.inputs, batches=batches, seed=seed, sizes=sizes)
-    tolerances = parity_tolerances([runner.name for runner in candidates], atol, rtol)
-    return run_parity(reference, candidates, input_sets, atol=atol, rtol=rtol, notes=notes, tolerances=tolerances)
+    quantized = [r for r in candidates if getattr(r, "precision", None) == "int8"]
+    plan = [([r for r in candidates if r not in quantized], input_sets, [])]
+    if quantized:
+        sample = sample_input_set(directory, reference.signature.input_names[0])
+        note = gate_note(directory)
+        if sample is None:
+            plan.append((quantized, input_sets, ["ort-cpu-int8 on parity's synthetic inputs: the export kept no "
+                                                 "held-out images (int8_sample.npz)"]))
+        else:
+            plan.append((quantized, [sample], [note] if note else []))
+    return plan

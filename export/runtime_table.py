@@ -10,6 +10,10 @@ folder discovery all read this table; no other module lists runtimes or artifact
     ort-cuda       model.onnx           ONNX Runtime on CUDA, when it really runs there
     ort-cpu-fp16   model_fp16.onnx      float16 weights and compute (--fp16, made from model.onnx), parity at 1e-3
     ort-cuda-fp16  model_fp16.onnx
+    ort-tensorrt   model.onnx           ONNX Runtime's TensorRT provider; only with device "tensorrt" (engine builds
+    ort-tensorrt-fp16 model_fp16.onnx   take minutes, so nothing chooses TensorRT unless asked)
+    ort-cpu-int8   model_int8.onnx      int8 QDQ, calibrated and accuracy-gated (--int8, made from model.onnx after
+                                        folding; export/int8.py), parity relative to the output's scale
     tflite         model.tflite         (--tflite)
 
 Adding a runtime (e.g. int8: `model_int8.onnx`, runtime `ort-cpu-int8`):
@@ -40,6 +44,7 @@ FOLDED = "model_folded.keras"
 SAVEDMODEL = "saved_model"
 ONNX = "model.onnx"
 ONNX_FP16 = "model_fp16.onnx"
+ONNX_INT8 = "model_int8.onnx"
 TFLITE = "model.tflite"
 FOLD_REPORT = "fold_report.json"
 PARITY_REPORT = "parity.json"
@@ -66,6 +71,7 @@ class ExportContext:
     opset: int = 17
     nchw: bool = False
     onnx_external_data: bool | None = None
+    int8: Any = None  # export.int8.Int8Settings, with --int8
 
 
 RunnerFactory = Callable[..., "Runner"]  # (path, name, device, options) -> Runner
@@ -77,7 +83,7 @@ class Runtime:
     name: str  # in parity and bench tables and `zoo bench --runtimes`
     artifact: str  # file or folder name in an export directory
     runner: RunnerFactory
-    device: str | None = None  # "cpu" / "cuda" for ONNX Runtime; None: the framework places it itself
+    device: str | None = None  # "cpu" / "cuda" / "tensorrt" for ONNX Runtime; None: the framework places it itself
     option: str | None = None  # `export_model` keyword (and `zoo export --flag`) that writes it; None: always
     writer: Writer | None = None
     needs: str | None = None  # the option whose artifact the writer converts (fp16: onnx)
@@ -172,6 +178,20 @@ def _write_fp16(ctx: ExportContext):
     return convert_fp16(ctx.dir / ONNX, ctx.dir / ONNX_FP16)
 
 
+def _write_int8(ctx: ExportContext):
+    from export.int8 import REPORT, SAMPLE, quantize, write_sample
+    from export.onnx import EXTERNAL_DATA_SUFFIX
+
+    if ctx.int8 is None:
+        raise ExportError("--int8 needs calibration images (export_model's int8= settings)")
+    if (ctx.dir / (ONNX + EXTERNAL_DATA_SUFFIX)).exists():
+        raise ExportError("--int8 is not supported for models whose ONNX weights need external data (> 1.5 GiB)")
+    report = quantize(ctx.dir / ONNX, ctx.dir / ONNX_INT8, ctx.model, ctx.int8)
+    (ctx.dir / REPORT).write_text(report.to_json())
+    write_sample(ctx.dir / SAMPLE, ctx.int8)
+    return report
+
+
 def _write_tflite(ctx: ExportContext) -> None:
     from export.tflite import export_tflite
 
@@ -192,6 +212,10 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("ort-cuda", device="cuda", **_ONNX),
     Runtime("ort-cpu-fp16", device="cpu", **_ONNX_FP16),
     Runtime("ort-cuda-fp16", device="cuda", **_ONNX_FP16),
+    Runtime("ort-tensorrt", device="tensorrt", **_ONNX),
+    Runtime("ort-tensorrt-fp16", device="tensorrt", **_ONNX_FP16),
+    Runtime("ort-cpu-int8", ONNX_INT8, _ort, device="cpu", option="int8", writer=_write_int8, needs="onnx",
+            precision="int8", libraries=("onnxruntime",)),
     Runtime("tflite", TFLITE, _tflite, option="tflite", writer=_write_tflite, libraries=("tflite",)),
 )
 NAMES = tuple(runtime.name for runtime in RUNTIMES)
@@ -218,21 +242,31 @@ def writers() -> list[Runtime]:
 
 
 def check_device(device: str) -> str:
-    """The one device check (auto, cpu or cuda): an unknown device is an ExportError, and so is "cuda" where ONNX
-    Runtime cannot really run on CUDA. Returns `device`."""
-    from export.ort_session import check_device_name, cuda_unavailable_reason
+    """The one device check (auto, cpu, cuda or tensorrt): an unknown device is an ExportError, and so is "cuda"
+    where ONNX Runtime cannot really run on CUDA, and "tensorrt" where it cannot run on TensorRT. Returns `device`."""
+    from export.ort_session import check_device_name, cuda_unavailable_reason, tensorrt_unavailable_reason
 
     check_device_name(device)
     if device == "cuda" and (reason := cuda_unavailable_reason()):
         raise ExportError(f"CUDA execution provider is not usable here: {reason}")
+    if device == "tensorrt" and (reason := tensorrt_unavailable_reason()):
+        raise ExportError(f"TensorRT execution provider is not usable here: {reason}")
     return device
+
+
+def requested(runtime: Runtime, device: str) -> bool:
+    """Whether `device` asks for `runtime` at all: the TensorRT runtimes only with device "tensorrt" (their
+    engines take minutes to build; choosing them is never a side effect), every other one always."""
+    return runtime.device != "tensorrt" or device == "tensorrt"
 
 
 def runs_on(runtime: Runtime, device: str) -> str | None:
     """None when `runtime` runs for the requested `device` (auto: CPU, plus CUDA when it really runs; cpu: CPU
-    only; cuda: CPU and CUDA), else why not."""
-    from export.ort_session import cuda_unavailable_reason
+    only; cuda: CPU and CUDA; tensorrt: CPU, CUDA and TensorRT), else why not."""
+    from export.ort_session import cuda_unavailable_reason, tensorrt_unavailable_reason
 
+    if runtime.device == "tensorrt":
+        return tensorrt_unavailable_reason() if device == "tensorrt" else f"needs --device tensorrt, not {device}"
     if runtime.device != "cuda":
         return None
     if device == "cpu":
@@ -246,7 +280,7 @@ def select(present: Iterable[str], device: str) -> tuple[list[Runtime], list[str
     present = set(present)
     chosen, skipped = [], {}
     for runtime in RUNTIMES:
-        if runtime.artifact not in present:
+        if runtime.artifact not in present or not requested(runtime, device):
             continue
         reason = runs_on(runtime, device)
         if reason is None:

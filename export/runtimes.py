@@ -8,7 +8,7 @@ and the attributes `name` (a runtime of export/runtime_table.py: "keras", "keras
 sorted), `input_shapes` ({input name: shape in the model's NHWC layout, None for dynamic dims}) and `detail` (what actually ran, e.g. the ONNX Runtime providers in use).
 
 ONNX Runtime never falls back silently here: the runner reports `session.get_providers()`, and device="cuda"
-raises ExportError when CUDA cannot run (onnxruntime-gpu lists CUDAExecutionProvider as "available" even on a
+(or "tensorrt") raises ExportError when CUDA (TensorRT) cannot run (onnxruntime-gpu lists CUDAExecutionProvider as "available" even on a
 machine without CUDA libraries, then logs an error and runs on CPU). Sessions come from export/ort_session.py.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from export.errors import ExportError, first_line
 from export.ort_session import (  # noqa: F401 - CUDA, CPU, cuda_available, cuda_unavailable_reason: re-exported
     CPU,
     CUDA,
+    TENSORRT,
+    CudaGraphs,
     bind,
     cuda_available,
     cuda_unavailable_reason,
@@ -101,36 +103,45 @@ class SavedModelRunner:
 
 
 class OrtRunner:
-    """ONNX Runtime on device "cpu", "cuda" (must run on CUDA or raise) or "auto" (CUDA when usable, else CPU),
-    through the one session factory (export/ort_session.py).
+    """ONNX Runtime on device "cpu", "cuda" (must run on CUDA or raise), "tensorrt" (must run on TensorRT or raise)
+    or "auto" (CUDA when usable, else CPU), through the one session factory (export/ort_session.py).
 
     For an `nchw=True` export the runner takes the same NHWC feeds as every other runner and returns NHWC outputs,
     transposing the tensors the model's metadata lists, so parity compares like with like. `io_binding=True` runs
-    through ORT's IO binding (inputs copied to the session's device, outputs bound there and copied back);
-    `bound(feeds)` keeps the inputs and outputs on the device for timing. `precision` is "float16" for a model
-    written by export/fp16.py (its metadata says so), else "float32".
+    through ORT's IO binding (inputs copied to the session's device, outputs bound there and copied back; None: only
+    when the session runs on a GPU); `bound(feeds)` keeps the inputs and outputs on the device for timing.
+    `cuda_graph=True` (device cuda) replays one CUDA graph per input shape (export/ort_session.py CudaGraphs).
+    `precision` is "float16" for a model written by export/fp16.py (its metadata says so), else "float32".
     """
 
     def __init__(self, path: Path | str, *, device: str = "auto", name: str | None = None,
-                 disabled_optimizers: tuple[str, ...] = (), io_binding: bool = False, **session_options: Any) -> None:
+                 disabled_optimizers: tuple[str, ...] = (), io_binding: bool | None = False, cuda_graph: bool = False,
+                 **session_options: Any) -> None:
         """`disabled_optimizers`: ORT graph rewrites to switch off by name (e.g. "Pad_Fusion", which changes
         ResNet50V2's outputs by ~5e-3 in ORT 1.31 — an ORT bug, not an export one). `session_options`: further
-        `make_session` options (tensorrt, graph_optimization, threads, cudnn_conv_algo_search, allow_spinning)."""
+        `make_session` options (graph_optimization, threads, cudnn_conv_algo_search, allow_spinning, tensorrt_fp16,
+        tensorrt_cache)."""
         import onnxruntime as ort
 
         from export.fp16 import PRECISION_KEY
         from export.onnx import onnx_layout
 
-        made = make_session(path, device=device, disabled_optimizers=disabled_optimizers, **session_options)
+        made = make_session(path, device=device, disabled_optimizers=disabled_optimizers, cuda_graph=cuda_graph,
+                            **session_options)
+        self.path = Path(path)
+        self.disabled_optimizers = tuple(disabled_optimizers)
         self.session = made.session
         self.providers = made.providers
         self.fallback = made.fallback  # why "auto" is not on CUDA (None when it is, or when CPU was asked for)
-        self.io_binding = io_binding
+        self.settings = made.settings  # "CUDA graphs", "TensorRT float16 allowed", "engine cache DIR", …
+        self.io_binding = made.on_gpu if io_binding is None else io_binding
         self._device = ort_device(made.providers)
+        self._graphs = CudaGraphs(self.session, device=self._device) if cuda_graph else None
         metadata = self.session.get_modelmeta().custom_metadata_map
         self._nchw_inputs, self._nchw_outputs = onnx_layout(metadata)
         self.precision = metadata.get(PRECISION_KEY, "float32")
-        self.name = name or ("ort-cuda" if made.on_gpu else "ort-cpu")
+        self.name = name or ("ort-tensorrt" if made.providers[0] == TENSORRT else
+                             "ort-cuda" if made.on_gpu else "ort-cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         dims = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in self.session.get_inputs()}
@@ -140,11 +151,16 @@ class OrtRunner:
         layout = ", NCHW model fed from NHWC" if self._nchw_inputs else ""
         off = f", optimizers off: {', '.join(disabled_optimizers)}" if disabled_optimizers else ""
         half = ", float16 weights" if self.precision == "float16" else ""
-        self.detail = f"onnxruntime {ort.__version__}{half}, providers: {', '.join(made.providers)}{layout}{off}"
+        bound = ", IO binding" if self.io_binding and not cuda_graph else ""
+        settings = "".join(f", {setting}" for setting in made.settings)
+        self.detail = (f"onnxruntime {ort.__version__}{half}, providers: {', '.join(made.providers)}{settings}{bound}"
+                       f"{layout}{off}")
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self._model_inputs(feeds)
-        if self.io_binding:
+        if self._graphs is not None:
+            values = self._graphs(inputs)
+        elif self.io_binding:
             values = run_bound(self.session, inputs, device=self._device)
         else:
             values = self.session.run(self.output_names, inputs)
@@ -176,6 +192,7 @@ class TFLiteRunner:
         except Exception as e:
             raise ExportError(f"cannot load TFLite model {path}: {first_line(e)}") from e
         self._interpreter = interpreter
+        self.path = Path(path)
         self.name = name
         self.input_names = list(signature["inputs"])
         self.output_names = list(signature["outputs"])

@@ -101,11 +101,14 @@ def test_disabled_optimizers_and_options_reach_onnxruntime(model_path, monkeypat
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"device": "gpu"}, "unknown device 'gpu': use auto, cpu, cuda"),
+    ({"device": "gpu"}, "unknown device 'gpu': use auto, cpu, cuda, tensorrt"),
     ({"graph_optimization": "max"}, "unknown graph optimisation level 'max'"),
     ({"cudnn_conv_algo_search": "FAST"}, "unknown cudnn_conv_algo_search 'FAST'"),
     ({"threads": -1}, "threads must be ≥ 0"),
-    ({"device": "cpu", "tensorrt": True}, "TensorRT needs device cuda or auto"),
+    ({"device": "cpu", "tensorrt_fp16": True}, r"TensorRT options \(float16, engine cache\) need device tensorrt, not cpu"),
+    ({"device": "cuda", "tensorrt_cache": "x"}, "need device tensorrt, not cuda"),
+    ({"device": "auto", "cuda_graph": True}, "CUDA graphs need device cuda, not auto"),
+    ({"device": "tensorrt", "cuda_graph": True}, "CUDA graphs need device cuda, not tensorrt"),
 ])
 def test_bad_options_are_one_line_errors(model_path, bad, match):
     with pytest.raises(ExportError, match=match):
@@ -127,3 +130,98 @@ def test_io_binding_gives_the_same_outputs(model_path):
     run()
     np.testing.assert_array_equal(run.binding.copy_outputs_to_cpu()[0], plain({"x": X})["y"])
     np.testing.assert_array_equal(run_bound(plain.session, {"x": X})[0], plain({"x": X})["y"])
+
+
+def test_tensorrt_runs_on_tensorrt_or_fails_with_the_reason(model_path, monkeypatch):
+    """No silent fallback: device tensorrt runs on TensorRT (engines cached beside the model), or raises the probe's
+    reason without ever making a session on another provider."""
+    import onnxruntime as ort
+
+    from export.atomic import read_manifest
+    from export.ort_session import TENSORRT, tensorrt_available, tensorrt_unavailable_reason
+
+    if tensorrt_available():
+        made = make_session(model_path, device="tensorrt")
+        assert made.providers[0] == TENSORRT and CPU not in made.providers
+        assert read_manifest(model_path.parent / "tensorrt_cache")["kind"] == "tensorrt-cache"
+        np.testing.assert_allclose(made.session.run(None, {"x": X})[0], expected(X), rtol=1e-5, atol=1e-5)
+        return
+    made_sessions = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: made_sessions.append(k) or real(*a, **k))
+    with pytest.raises(ExportError) as error:
+        make_session(model_path, device="tensorrt")
+    assert str(error.value) == f"TensorRT execution provider is not usable here: {tensorrt_unavailable_reason()}"
+    assert "\n" not in str(error.value) and not made_sessions
+    if not cuda_available():  # the reason names what is really missing
+        assert tensorrt_unavailable_reason().endswith(cuda_unavailable_reason())
+
+
+def test_cuda_graphs_need_a_usable_cuda(model_path):
+    if cuda_available():
+        made = make_session(model_path, device="cuda", cuda_graph=True)
+        assert made.providers[0] == CUDA and "CUDA graphs" in made.settings
+        return
+    with pytest.raises(ExportError, match="CUDA execution provider is not usable here"):
+        make_session(model_path, device="cuda", cuda_graph=True)
+
+
+def test_cuda_graph_runner_keeps_one_binding_per_shape(model_path):
+    """CudaGraphs' bookkeeping, on CPU buffers (ORT ignores the graph ids there): one set of bound buffers per input
+    shape, inputs copied in place on every call, outputs never aliased between calls, a bound on the shapes."""
+    from export.ort_session import CudaGraphs
+
+    graphs = CudaGraphs(make_session(model_path, device="cpu").session, device="cpu", max_graphs=2)
+    rng = np.random.default_rng(2)
+    first = rng.random((3, 4), dtype=np.float32)
+    out_first = graphs({"x": first})[0]
+    np.testing.assert_allclose(out_first, expected(first), rtol=1e-6, atol=1e-6)
+    second = rng.random((3, 4), dtype=np.float32)
+    out_second = graphs({"x": second})[0]
+    np.testing.assert_allclose(out_second, expected(second), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out_first, expected(first), rtol=1e-6, atol=1e-6)  # not overwritten by the replay
+    assert len(graphs) == 1
+    np.testing.assert_allclose(graphs({"x": X})[0], expected(X), rtol=1e-6, atol=1e-6)
+    assert len(graphs) == 2
+    with pytest.raises(ExportError, match="a new input shape \\(x 1×4\\) after 2 others"):
+        graphs({"x": X[:1]})
+
+
+def test_cuda_graph_capture_refusal_is_an_error():
+    from export.ort_session import _check_graph_capture
+
+    log = ("2026-01-01 00:00:00.0 [W:onnxruntime:, inference_session.cc:2345 Initialize] This session cannot use the "
+           "graph capture feature as requested by the user as the model has control flow nodes which can't be "
+           "supported by CUDAExecutionProvider\n")
+    with pytest.raises(ExportError, match="CUDA graphs are not possible for m.onnx: This session cannot use the graph "
+                                          "capture feature .* control flow nodes"):
+        _check_graph_capture(log, "m.onnx")
+
+
+def test_tensorrt_engine_cache_beside_the_model_keeps_the_export_folder_zoos(tmp_path, model_path):
+    """The engine cache is a zoo folder inside the export folder, so re-exporting there needs no --overwrite."""
+    from export.atomic import record_written, refusal_reason, write_manifest
+    from export.ort_session import TENSORRT_CACHE, _tensorrt_cache_dir
+
+    export = tmp_path / "export"
+    export.mkdir()
+    model = export / "model.onnx"
+    model.write_bytes(model_path.read_bytes())
+    write_manifest(export, {"kind": "export", "entries": {}})
+    record_written(model)
+    cache = _tensorrt_cache_dir(model, None)
+    assert cache == export / TENSORRT_CACHE and cache.is_dir()
+    (cache / "engine.bin").write_bytes(b"engine")  # what ORT adds there
+    assert refusal_reason(export, "export") is None
+    assert _tensorrt_cache_dir(b"model bytes", None) is None
+    assert _tensorrt_cache_dir(model, tmp_path / "elsewhere") == tmp_path / "elsewhere"
+
+
+def test_float16_models_are_recognised_for_tensorrt(tmp_path, model_path):
+    from export.ort_session import _is_float16_model
+
+    model = onnx.load(model_path)
+    assert not _is_float16_model(model_path)
+    helper.set_model_props(model, {"precision": "float16"})
+    onnx.save(model, tmp_path / "half.onnx")
+    assert _is_float16_model(tmp_path / "half.onnx") and _is_float16_model(model.SerializeToString())

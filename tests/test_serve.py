@@ -354,3 +354,42 @@ def test_serve_bad_input_is_one_line(onnx_path, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         assert_user_error(invoke("serve", onnx_path, "--port", busy.getsockname()[1]), "already in use")
+
+
+def test_gpu_options_are_checked_and_never_fall_back_to_the_cpu(onnx_path):
+    """--cuda-graph and --tensorrt-fp16 belong to their device; a GPU device that cannot run is one error line,
+    never a server on the CPU."""
+    from export.ort_session import cuda_available, tensorrt_available
+
+    assert_user_error(invoke("serve", onnx_path, "--cuda-graph"), "--cuda-graph needs --device cuda", "not --device auto")
+    assert_user_error(invoke("serve", onnx_path, "--device", "tensorrt", "--cuda-graph"), "--cuda-graph needs --device cuda")
+    assert_user_error(invoke("serve", onnx_path, "--tensorrt-fp16", "--device", "cuda"),
+                      "--tensorrt-fp16 applies to --device tensorrt, not --device cuda")
+    if not cuda_available():
+        assert_user_error(invoke("serve", onnx_path, "--device", "cuda", "--cuda-graph", "--port", _free_port()),
+                          "CUDA execution provider is not usable here")
+    if not tensorrt_available():
+        assert_user_error(invoke("serve", onnx_path, "--device", "tensorrt", "--port", _free_port()),
+                          "TensorRT execution provider is not usable here")
+
+
+def test_cuda_graphs_need_inputs_fixed_apart_from_the_batch():
+    from export.tensor_types import from_ort
+    from zoo.errors import ZooError
+    from zoo.serving.model import check_cuda_graph_shapes
+    from zoo.serving.protocol import ModelSpec, TensorSpec
+
+    f32 = from_ort("tensor(float)")
+    out = (TensorSpec("logits", f32, (-1, 10)),)
+    check_cuda_graph_shapes(ModelSpec("m", (TensorSpec("image", f32, (-1, 28, 28, 1)),), out))  # one graph per batch
+    check_cuda_graph_shapes(ModelSpec("m", (TensorSpec("image", f32, (1, 28, 28, 1)),), out))
+    with pytest.raises(ZooError, match="--cuda-graph needs inputs whose sizes are fixed apart from the batch .* "
+                                       "input 'image' is \\?×\\?×\\?×3: serve without --cuda-graph"):
+        check_cuda_graph_shapes(ModelSpec("m", (TensorSpec("image", f32, (-1, -1, -1, 3)),), out))
+
+
+def test_cpu_serving_is_unchanged_by_the_gpu_paths(onnx_path):
+    from zoo.serving.model import ServedModel
+
+    served = ServedModel(onnx_path, device="cpu")
+    assert served.runner.io_binding is False and served.runner.settings == () and served.runner._graphs is None

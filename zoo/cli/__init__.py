@@ -6,6 +6,7 @@ one module per command group:
     images.py   denoise, eval-denoise, stylize
     export.py   export, parity
     serve.py    serve, bench
+    doctor.py   doctor
     common.py   what they share: one `error:` line per failure, the shared options, quiet TensorFlow
 
 Heavy libraries (TensorFlow, tf2onnx, onnxruntime) are imported inside the commands so `zoo --help` stays fast.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from zoo.cli import export, images, models, serve, train
+from zoo.cli import doctor, export, images, models, serve, train
 
 app = typer.Typer(
     help="zoo: train BatchNorm networks, fold BN exactly, export SavedModel/ONNX/TFLite and prove parity.",
@@ -24,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for group in (models, train, images, export, serve):  # the order of `zoo --help`
+for group in (models, train, images, export, serve, doctor):  # the order of `zoo --help`
     app.registered_commands.extend(group.commands.registered_commands)
 
 

@@ -23,6 +23,7 @@ class Device(str, enum.Enum):  # export.ort_session.DEVICES
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+    tensorrt = "tensorrt"
 
 
 class LossNet(str, enum.Enum):  # the style losses' network (zoo train style, zoo stylize --method optimize)
@@ -33,7 +34,8 @@ class LossNet(str, enum.Enum):  # the style losses' network (zoo train style, zo
 
 DeviceOption = Annotated[Device, typer.Option(
     "--device", help="ONNX Runtime device: auto uses CUDA only when it really works (else the CPU); cuda fails when "
-                     "it does not; cpu never uses the GPU.")]
+                     "it does not; tensorrt runs on ONNX Runtime's TensorRT provider (engines cached beside the "
+                     "model) or fails; cpu never uses the GPU. `zoo doctor` says what works here.")]
 Out = Annotated[Optional[Path], typer.Option(
     "--out", help="Where to write (the default is in the command's description).", show_default=False)]
 Sizes = Annotated[Optional[list[str]], typer.Option(

@@ -48,6 +48,13 @@ def export_command(
     triton_max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (0: no batching).")] = 8,
     triton_kind: Annotated[TritonKind, typer.Option(help="Triton instance_group kind.")] = TritonKind.gpu,
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write model_fp16.onnx: float16 weights and compute, float32 inputs/outputs, converted after folding; parity at atol = rtol = 1e-3.")] = False,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write model_int8.onnx: ONNX Runtime static quantization (QDQ, per-channel int8 weights), calibrated on training images and kept only if it passes the accuracy gate (docs/int8.md).")] = False,
+    calib_dataset: Annotated[Optional[str], typer.Option(help="Dataset whose TRAINING split calibrates --int8 (and whose test split gates it); default: the run's own. Any dataset spec of zoo train.")] = None,
+    calib_images: Annotated[int, typer.Option(help="Calibration images for --int8.")] = 512,
+    calib_method: Annotated[str, typer.Option(help="Calibration for --int8: minmax, entropy or percentile.")] = "minmax",
+    keep_float: Annotated[Optional[list[str]], typer.Option(help="Keras layer to leave in float with --int8 (repeatable).")] = None,
+    int8_min_agreement: Annotated[float, typer.Option(help="--int8 gate: top-1 agreement with the fp32 model, percent.")] = 99.0,
+    int8_max_drop: Annotated[float, typer.Option(help="--int8 gate: largest accuracy drop on the test split, points.")] = 0.5,
     overwrite: Overwrite = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table.
@@ -70,9 +77,20 @@ def export_command(
         load_zoo_layers()
         from export.pipeline import export_model
 
+        settings = None
+        if int8:
+            from zoo.int8_data import int8_settings
+
+            settings = int8_settings(source.keras_path, dataset=calib_dataset, run_dataset=source.metadata.get(
+                "dataset"), images=calib_images, method=calib_method, keep_float=tuple(keep_float or ()),
+                min_agreement=int8_min_agreement / 100, max_drop=int8_max_drop / 100,
+                size=sizes[0] if sizes else None)
+        elif calib_dataset or keep_float:
+            raise ZooError("--calib-dataset and --keep-float apply to --int8: add --int8")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, fp16=fp16, opset=opset, nchw=nchw,
-                              metadata=source.metadata, parity_sizes=sizes if parity else None, overwrite=overwrite)
+                              metadata=source.metadata, parity_sizes=sizes if parity else None, overwrite=overwrite,
+                              int8=int8, int8_settings=settings)
         for report in result.reports.values():
             typer.echo(report.summary())
         for path in result.written:

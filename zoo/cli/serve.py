@@ -39,6 +39,8 @@ def serve_command(
     keep_alive_s: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
     read_timeout_s: Annotated[float, typer.Option(help="Seconds a request's line and headers may take to arrive, and the longest pause in its body (then: closed / HTTP 408).")] = 10.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn).")] = False,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph", help="With --device cuda: replay a CUDA graph per batch size (IO binding, fixed buffers); the model's inputs must be fixed apart from the batch.")] = False,
+    tensorrt_fp16: Annotated[Optional[bool], typer.Option("--tensorrt-fp16/--no-tensorrt-fp16", help="With --device tensorrt: let TensorRT use float16 kernels (default: only for a float16 model, e.g. model_fp16.onnx).", show_default=False)] = None,
 ) -> None:
     """Serve an ONNX model over the KServe v2 / Open Inference Protocol REST API (Triton-compatible clients work)."""
     with user_errors():
@@ -60,6 +62,12 @@ def serve_command(
                                     read_timeout_s=read_timeout_s)
         limits.check_connection_limits(max_connections=max_connections, keep_alive_s=keep_alive_s,
                                        read_timeout_s=read_timeout_s)
+        if cuda_graph and device is not Device.cuda:
+            raise ZooError(f"--cuda-graph needs --device cuda (CUDA graphs are replayed on ONNX Runtime's CUDA "
+                           f"provider), not --device {device.value}")
+        if tensorrt_fp16 is not None and device is not Device.tensorrt:
+            flag = "--tensorrt-fp16" if tensorrt_fp16 else "--no-tensorrt-fp16"
+            raise ZooError(f"{flag} applies to --device tensorrt, not --device {device.value}")
         if name is not None:
             check_model_name(name)
         model = model.expanduser()
@@ -77,11 +85,14 @@ def serve_command(
 
             app_ = create_app(model, name=name, device=device.value, max_batch=max_batch,
                               batch_window_ms=batch_window_ms, max_body_bytes=max(max_body_bytes, 1),
-                              max_request_rows=max_request_rows, read_timeout_s=read_timeout_s)
+                              max_request_rows=max_request_rows, read_timeout_s=read_timeout_s,
+                              cuda_graph=cuda_graph, tensorrt_fp16=tensorrt_fp16)
             served = app_.state.model
             note = ""
             if served.providers[0] == CPU and device is Device.auto:
                 note = f" (CUDA not used: {cuda_unavailable_reason()})"
+            extras = [*served.runner.settings, *(["IO binding"] if served.runner.io_binding and not cuda_graph else [])]
+            note += "".join(f", {extra}" for extra in extras)
             batching = (f"dynamic batching up to {app_.state.batcher.max_batch} rows"
                         if app_.state.batcher.max_batch > 1 else "no batching")
             typer.echo(f"serving {served.spec.name} ({model}) on {server.bound_url(sock)} with {served.runner.name}, "

@@ -48,16 +48,19 @@ log = logging.getLogger("zoo.serving")
 def create_app(model_path: Path | str, *, name: str | None = None, device: str = "auto", max_batch: int = 8,
                batch_window_ms: float = 0.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_request_rows: int = limits.MAX_REQUEST_ROWS, read_timeout_s: float = limits.READ_TIMEOUT_S,
-               model: ServedModel | None = None) -> Starlette:
+               model: ServedModel | None = None, cuda_graph: bool = False,
+               tensorrt_fp16: bool | None = None) -> Starlette:
     """The server for the ONNX model at `model_path` (or an already loaded `model`).
 
     `max_batch`: most rows stacked into one ORT run, and the chunk size of larger requests (1: every request
     alone; forced to 1, and no chunking, for a model whose leading dims are not all dynamic). `batch_window_ms`: how
     long a batch that is not full waits for more. `max_request_rows`: most rows one request may declare (413
-    beyond). `read_timeout_s`: longest pause while a request body arrives (408 beyond)."""
+    beyond). `read_timeout_s`: longest pause while a request body arrives (408 beyond). `cuda_graph`,
+    `tensorrt_fp16`: see ServedModel."""
     limits.check_request_limits(max_body_bytes=max_body_bytes, max_request_rows=max_request_rows,
                                 read_timeout_s=read_timeout_s)
-    served = model or ServedModel(model_path, name=name, device=device)
+    served = model or ServedModel(model_path, name=name, device=device, cuda_graph=cuda_graph,
+                                  tensorrt_fp16=tensorrt_fp16)
     spec = served.spec
     batcher = DynamicBatcher(served, max_batch=max_batch if spec.batchable else 1,
                              window_s=batch_window_ms / 1000, chunk=spec.batchable)

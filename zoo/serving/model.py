@@ -20,9 +20,15 @@ _URL_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ServedModel:
-    """`model(feeds) -> {output name: array}`, plus `.spec` (protocol signature), `.providers` and `.detail`."""
+    """`model(feeds) -> {output name: array}`, plus `.spec` (protocol signature), `.providers` and `.detail`.
 
-    def __init__(self, path: Path | str, *, name: str | None = None, device: str = "auto") -> None:
+    On a GPU (CUDA or TensorRT) requests run through IO binding; `cuda_graph=True` (device cuda) replays one CUDA
+    graph per batch size, for models whose inputs are fixed apart from the batch (`check_cuda_graph_shapes`).
+    `tensorrt_fp16` (device tensorrt): TensorRT may use float16 kernels (None: for a float16 model only). A float16
+    model (`zoo export --fp16`) is served as it is: float32 in and out, float16 inside."""
+
+    def __init__(self, path: Path | str, *, name: str | None = None, device: str = "auto", cuda_graph: bool = False,
+                 tensorrt_fp16: bool | None = None) -> None:
         from export.onnx import onnx_layout
         from export.runtimes import OrtRunner
 
@@ -34,7 +40,8 @@ class ServedModel:
         if path.suffix != ".onnx":
             raise ZooError(f"model {path} is not an .onnx file; `zoo serve` serves ONNX models (zoo export --onnx)")
         self.path = path
-        self.runner = OrtRunner(path, device=device)
+        options = {"tensorrt_fp16": tensorrt_fp16} if tensorrt_fp16 is not None else {}
+        self.runner = OrtRunner(path, device=device, io_binding=None, cuda_graph=cuda_graph, **options)
         session = self.runner.session
         _, nchw_outputs = onnx_layout(session.get_modelmeta().custom_metadata_map)
         inputs = tuple(TensorSpec(i.name, from_ort(i.type), _dims(self.runner.input_shapes[i.name]))
@@ -46,6 +53,8 @@ class ServedModel:
                 dims = tuple(dims[axis] for axis in NHWC_FROM_NCHW)
             outputs.append(TensorSpec(o.name, from_ort(o.type), dims))
         self.spec = ModelSpec(name or model_name(path), inputs, tuple(outputs))
+        if cuda_graph:
+            check_cuda_graph_shapes(self.spec)
         self.providers: list[str] = session.get_providers()
         self.detail = self.runner.detail
 
@@ -71,6 +80,18 @@ def check_model_name(name: str) -> str:
         raise ZooError(f"--name {name!r} cannot be a model name in a URL: use letters, digits, '_', '-' and '.' "
                        f"only (not '.' or '..' alone), e.g. {sanitize_model_name(name)!r}")
     return name
+
+
+def check_cuda_graph_shapes(spec: ModelSpec) -> None:
+    """A CUDA graph replays fixed shapes: zoo captures one per batch size (the batcher's runs hold 1 to --max-batch
+    rows), so every other dimension of every input must be fixed. A ZooError names the input that is not."""
+    for tensor in spec.inputs:
+        if -1 in tensor.shape[1:]:
+            shape = "×".join("?" if d == -1 else str(d) for d in tensor.shape)
+            raise ZooError(f"--cuda-graph needs inputs whose sizes are fixed apart from the batch (a CUDA graph "
+                           f"replays fixed shapes; zoo keeps one per batch size, up to --max-batch), but input "
+                           f"{tensor.name!r} is {shape}: serve without --cuda-graph, or export the model with a "
+                           f"fixed input size")
 
 
 def _dims(shape) -> tuple[int, ...]:

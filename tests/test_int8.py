@@ -1,0 +1,146 @@
+"""`zoo export --int8` (export/int8.py, zoo/int8_data.py): a real ONNX Runtime static quantization of the folded
+model, calibrated on training images, gated on test images; nothing written when the gate fails."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.helpers import assert_user_error, invoke
+
+
+def _digits_npz(path, *, blank_train=False, train_range=None, test_range=None):
+    """The bundled digits as an npz dataset (8×8 grey, uint8); optionally blank or value-banded splits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images * 255 / 16).astype(np.uint8)
+    y = digits.target.astype(np.int64)
+    x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
+    if blank_train:
+        x_train = np.zeros_like(x_train)
+    if train_range:
+        x_train = np.full_like(x_train, 0) + np.linspace(*train_range, x_train.size).astype(np.uint8).reshape(x_train.shape)
+    if test_range:
+        x_test = np.full_like(x_test, 0) + np.linspace(*test_range, x_test.size).astype(np.uint8).reshape(x_test.shape)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+@pytest.fixture(scope="module")
+def int8_export(cnn_bn_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-images", 256, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _producers(proto):
+    return {output: node for node in proto.graph.node for output in node.output}
+
+
+def test_int8_file_runs_quantized_convs_with_int8_weights(int8_export):
+    out, printed = int8_export
+    proto = onnx.load(str(out / "model_int8.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    producers = _producers(proto)
+    initializers = {i.name: i for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        weight = producers[conv.input[1]]
+        assert weight.op_type == "DequantizeLinear"
+        assert numpy_helper.to_array(initializers[weight.input[0]]).dtype == np.int8  # per-channel int8 weights
+        scales = numpy_helper.to_array(initializers[weight.input[1]])
+        assert scales.ndim == 1 and scales.size > 1  # one scale per output channel
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "int8"
+    report = json.loads((out / "int8_report.json").read_text())
+    assert report["gate"]["passed"] and report["gate"]["agreement"] >= 0.99
+    assert report["calibration_source"].startswith("digits training split")
+    assert "int8:" in printed and "ort-cpu-int8" in printed  # the summary and the parity row
+
+
+def test_parity_and_localize_treat_int8_as_a_quantized_runtime(int8_export):
+    from export.localize import localize_export
+    from export.pipeline import check_parity
+
+    out, _ = int8_export
+    parity = check_parity(out, device="cpu")
+    rows = [row for row in parity.rows if row.runtime == "ort-cpu-int8"]
+    assert rows and all(row.passed for row in rows) and rows[0].atol == 0.1
+    assert any("export gate" in note for note in parity.notes)
+    report = localize_export(out, device="cpu").to_dict()["runtimes"]["ort-cpu-int8"]
+    assert report["first_divergent_layer"] is None and report["lowest_sqnr_layers"]
+    assert all(np.isfinite(e["sqnr_db"]) and e["sqnr_db"] > 10 for e in report["layers"])
+
+
+def test_keep_float_leaves_that_layer_in_float(cnn_bn_run, tmp_path):
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-images", 64,
+                    "--keep-float", "block2_bn", "--no-parity", "--out", out)
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(out / "model_int8.onnx"))
+    producers = _producers(proto)
+    initializers = {i.name for i in proto.graph.initializer}
+    convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
+    kept = [n for name, n in convs.items() if "/block2_bn_1/" in name]
+    others = [n for name, n in convs.items() if "/block2_bn_1/" not in name]
+    assert kept and others
+    assert all(n.input[1] in initializers for n in kept)  # float weights, no DequantizeLinear
+    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in others)
+    assert json.loads((out / "int8_report.json").read_text())["kept_float"].keys() == {"block2_bn"}
+
+    unknown = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--keep-float", "no_such_layer",
+                     "--out", tmp_path / "other")
+    assert_user_error(unknown, "no_such_layer")
+    assert not (tmp_path / "other").exists()
+
+
+def test_failing_gate_exits_1_and_writes_nothing(cnn_bn_run, tmp_path):
+    blank = _digits_npz(tmp_path / "blank.npz", blank_train=True)  # calibrating on black images: ranges collapse
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-dataset", blank, "--out", out)
+    assert_user_error(result, "accuracy gate", "nothing was written", "SQNR")
+    assert not out.exists() and not list(tmp_path.glob(".export.partial*"))
+
+
+def test_keep_float_auto_keeps_layers_until_the_gate_passes(cnn_bn_run, tmp_path):
+    blank = _digits_npz(tmp_path / "blank.npz", blank_train=True)
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-dataset", blank,
+                    "--keep-float", "auto", "--no-parity", "--out", out)
+    if result.exit_code == 0:  # auto found layers to keep in float
+        report = json.loads((out / "int8_report.json").read_text())
+        assert report["gate"]["passed"] and report["kept_float"]
+        assert any("--keep-float auto kept" in note for note in report["notes"])
+    else:  # or it kept the most it may and still says why not, with nothing written
+        assert_user_error(result, "accuracy gate")
+        assert not out.exists()
+
+
+def test_calibration_reads_only_the_training_split(cnn_bn_run, tmp_path):
+    from zoo.int8_data import int8_settings
+
+    spec = _digits_npz(tmp_path / "banded.npz", train_range=(0, 100), test_range=(155, 255))
+    settings = int8_settings(cnn_bn_run / "model.keras", dataset=spec, run_dataset=None, images=200, seed=3)
+    assert settings.calibration.max() <= 100 / 255 + 1e-6  # every calibration image comes from x_train
+    assert settings.evaluation.min() >= 155 / 255 - 1e-6  # and the gate's from x_test
+    assert len(settings.calibration) == 200 and settings.labels is not None
+    again = int8_settings(cnn_bn_run / "model.keras", dataset=spec, run_dataset=None, images=200, seed=3)
+    other = int8_settings(cnn_bn_run / "model.keras", dataset=spec, run_dataset=None, images=200, seed=4)
+    assert np.array_equal(settings.calibration, again.calibration)  # seeded
+    assert not np.array_equal(settings.calibration, other.calibration)
+
+
+def test_bad_int8_input_is_one_error_line(cnn_bn_run, tmp_path):
+    keras_file = cnn_bn_run / "model.keras"
+    assert_user_error(invoke("export", keras_file, "--fold-bn", "--onnx", "--int8", "--out", tmp_path / "a"),
+                      "--calib-dataset")  # a bare .keras has no recorded dataset
+    assert_user_error(invoke("export", cnn_bn_run, "--fold-bn", "--int8", "--no-onnx", "--out", tmp_path / "b"),
+                      "--onnx")
+    assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--int8", "--calib-method", "magic",
+                             "--out", tmp_path / "c"), "magic")
+    assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--keep-float", "x", "--out", tmp_path / "d"), "--int8")
+    assert not any((tmp_path / name).exists() for name in "abcd")
