@@ -48,15 +48,19 @@ def randomize_bn(model, seed: int = 0, *, moderate: bool = False) -> None:
 
 
 def environment(**extra: Any) -> dict[str, Any]:
-    """Where and with what the figures were measured: versions, CPU, load at the start (and `extra` settings)."""
+    """Where and with what the figures were measured: versions, CPU and its instruction sets (AVX-512, VNNI, …:
+    what int8 and bfloat16 speed depends on), load at the start (and `extra` settings)."""
     import keras
     import onnxruntime
     import tensorflow as tf
     import tf2onnx
 
+    from export.cpu_features import cpu_features
+
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__, "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
             "machine": platform.machine(), "processor": platform.processor(),
+            "cpu_features": sorted(name for name, present in cpu_features().items() if present),
             "loadavg_start": list(os.getloadavg()), **extra}
 
 

@@ -61,6 +61,8 @@ class Int8Settings:
     max_rel_error: float = 0.05
     calibration_source: str = ""  # e.g. "digits, train split, 512 images"
     evaluation_source: str = ""
+    targets: np.ndarray | None = None  # clean images for an image-to-image model (DnCNN): the gate is PSNR
+    max_psnr_drop: float = 0.3  # dB
 
 
 @dataclass
@@ -82,7 +84,9 @@ class Int8Report:
 
     def summary(self) -> str:
         g = self.gate
-        if "agreement" in g:
+        if "psnr_drop" in g:
+            figures = f"PSNR {g['psnr_fp32']:.2f} dB → {g['psnr_int8']:.2f} dB"
+        elif "agreement" in g:
             figures = (f"top-1 agreement {100 * g['agreement']:.2f} %" +
                        (f", accuracy {100 * g['accuracy_fp32']:.2f} % → {100 * g['accuracy_int8']:.2f} %"
                         if g.get("accuracy_fp32") is not None else ""))
@@ -108,8 +112,8 @@ def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings
     """Write the QDQ int8 model of the ONNX file `fp32_path` to `out_path`, gate it, and report. `model` is the
     Keras model the ONNX file was exported from (its layer names resolve --keep-float). With "auto" among
     `settings.keep_float`, a failed gate keeps one more layer in float — the one adding the most quantization noise
-    (the largest SQNR drop from the layer before it, measured per layer on the gate images, export/localize.py) —
-    and quantizes again, up to AUTO_MAX_LAYERS layers."""
+    (`noisiest_layers`, measured per layer on the gate images with export/localize.py) — and quantizes again, up to
+    AUTO_MAX_LAYERS layers."""
     auto = AUTO in settings.keep_float
     chosen = [layer for layer in settings.keep_float if layer != AUTO]
     picked: list[str] = []
@@ -124,19 +128,22 @@ def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings
         chosen.append(costliest[0])
         picked.append(costliest[0])
     if picked:
-        report.notes.append(f"--keep-float auto kept {', '.join(picked)} in float (largest SQNR drop first)")
+        report.notes.append(f"--keep-float auto kept {', '.join(picked)} in float (noisiest first)")
     if not report.gate["passed"]:
-        worst = ", ".join(f"{layer} ({drop:.1f} dB)" for layer, drop in
+        worst = ", ".join(f"{layer} ({noise:.1f} dB)" for layer, noise in
                           noisiest_layers(model, out_path, settings.evaluation[:32])[:3])
         raise ExportError(f"the int8 model fails its accuracy gate: {report.gate['reason']}; nothing was written. "
-                          f"The layers adding most quantization noise (SQNR drop): {worst}: keep them in float "
-                          f"(--keep-float LAYER, or --keep-float auto) or loosen the gate")
+                          f"The layers adding most quantization noise (noise added, relative to the signal, from "
+                          f"per-layer SQNR): {worst}: keep them in float (--keep-float LAYER, or --keep-float auto) "
+                          f"or loosen the gate")
     return report
 
 
 def noisiest_layers(model: Any, int8_path: Path, images: np.ndarray) -> list[tuple[str, float]]:
-    """[(Keras layer, SQNR drop in dB from the layer before it)], largest drop first: where int8 adds the most noise,
-    measured with the localisation mechanism (the Keras model as reference, every layer's quantized tensor)."""
+    """[(Keras layer, the quantization noise it adds, dB)], noisiest first: where int8 costs the most, measured with
+    the localisation mechanism (the Keras model as reference, every layer's quantized tensor). A layer's noise is
+    its noise-to-signal ratio 10^(−SQNR/10); what it adds is that minus the ratio of the layer before it in
+    topological order (0 before the first), given back in dB (higher: noisier)."""
     from export.localize import localize
     from export.runtimes import KerasRunner, OrtRunner
 
@@ -144,13 +151,15 @@ def noisiest_layers(model: Any, int8_path: Path, images: np.ndarray) -> list[tup
     runner = OrtRunner(int8_path, device="cpu", name="ort-cpu-int8")
     feeds = {reference.signature.input_names[0]: images}
     report = localize(reference, [runner], [("gate images", feeds)], runtime_model=model)
-    layers = report.runtimes[0].layers
-    drops, previous = [], math.inf
-    for layer in layers:
-        if math.isfinite(layer.sqnr_db):
-            drops.append((layer.layer, (previous - layer.sqnr_db) if math.isfinite(previous) else math.inf))
-            previous = layer.sqnr_db
-    return sorted(drops, key=lambda item: -item[1])
+    added, previous = [], 0.0
+    for layer in report.runtimes[0].layers:
+        if math.isnan(layer.sqnr_db):
+            continue
+        noise = 10 ** (-layer.sqnr_db / 10)  # 0 for an exact layer (SQNR inf)
+        if noise > previous:
+            added.append((layer.layer, 10 * math.log10(noise - previous)))
+        previous = noise
+    return sorted(added, key=lambda item: -item[1])
 
 
 def _has_nodes(path: Path, model: Any, layer: str) -> bool:
@@ -252,7 +261,13 @@ def check_gate(fp32_path: Path, int8_path: Path, settings: Int8Settings) -> dict
     gate: dict[str, Any] = {"images": int(len(ref)), "source": settings.evaluation_source}
     scale = float(np.max(np.abs(ref))) or 1.0
     gate["max_rel_error"] = float(np.max(np.abs(out - ref)) / scale)
-    if ref.ndim == 2 and ref.shape[1] >= 2:  # classifier
+    if settings.targets is not None:  # image restoration: PSNR against the clean images
+        psnr32, psnr8 = _psnr(ref, settings.targets), _psnr(out, settings.targets)
+        drop = psnr32 - psnr8
+        gate.update(psnr_fp32=psnr32, psnr_int8=psnr8, psnr_drop=drop, max_psnr_drop=settings.max_psnr_drop)
+        failures = [] if drop <= settings.max_psnr_drop else [
+            f"PSNR {psnr32:.2f} dB → {psnr8:.2f} dB, a drop of {drop:.2f} dB > {settings.max_psnr_drop:g} dB"]
+    elif ref.ndim == 2 and ref.shape[1] >= 2:  # classifier
         agreement = float(np.mean(ref.argmax(1) == out.argmax(1)))
         gate.update(agreement=agreement, min_agreement=settings.min_agreement)
         failures = []
@@ -274,6 +289,12 @@ def check_gate(fp32_path: Path, int8_path: Path, settings: Int8Settings) -> dict
     gate["passed"] = not failures
     gate["reason"] = "; ".join(failures) or None
     return gate
+
+
+def _psnr(images: np.ndarray, clean: np.ndarray) -> float:
+    """Mean PSNR (dB) of images in [0, 1] (clipped) against the clean ones."""
+    err = np.mean(np.square(np.clip(images, 0, 1).astype(np.float64) - clean), axis=tuple(range(1, clean.ndim)))
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(err, 1e-12))))
 
 
 class _Reader:
@@ -321,7 +342,9 @@ def gate_note(export_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     gate = report.get("gate", {})
-    if "agreement" in gate:
+    if "psnr_drop" in gate:
+        figures = f"PSNR {gate['psnr_fp32']:.2f} dB → {gate['psnr_int8']:.2f} dB"
+    elif "agreement" in gate:
         figures = f"top-1 agreement {100 * gate['agreement']:.2f} %"
         if gate.get("accuracy_fp32") is not None:
             figures += f", accuracy {100 * gate['accuracy_fp32']:.2f} % → {100 * gate['accuracy_int8']:.2f} %"

@@ -301,11 +301,16 @@ def _observe_tflite(runner: Any, resolve: LayerResolver, order: dict[Path_, int]
             tensor = names[out_index[name]]
             candidates.setdefault(path, []).append(Candidate(tensor, producer.get(tensor, "?")))
     index = {name: i for i, name in names.items()}
+    scales = {t["name"]: t["quantization"] for t in interpreter.get_tensor_details() if t["quantization"][0]}
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         signature(**{n: feeds[n] for n in runner.input_names})
         wanted = {c.tensor for cs in candidates.values() for c in cs}
-        return {name: interpreter.get_tensor(index[name]) for name in wanted}
+        values = {name: interpreter.get_tensor(index[name]) for name in wanted}
+        for name in wanted & scales.keys():  # an integer tensor of a quantized model: its real values
+            scale, zero_point = scales[name]
+            values[name] = (values[name].astype(np.float32) - zero_point) * np.float32(scale)
+        return values
 
     return Observation(candidates, run, fused, ["interpreter with experimental_preserve_all_tensors"])
 

@@ -27,7 +27,7 @@ from export.artifacts import ORIGINAL, find_artifacts
 from export.atomic import MANIFEST, atomic_output, check_target
 from export.errors import ExportError
 from export.loading import load_keras
-from export.runtime_table import ARTIFACTS, ExportContext, by_option, writers
+from export.runtime_table import ARTIFACTS, ExportContext, to_write, writers
 from export.version import zoo_version
 
 EXPORT = "export"  # the kind of folder in zoo's manifest
@@ -77,13 +77,10 @@ def export_model(
     `int8_settings` (export.int8.Int8Settings): calibration and gate data for `int8=True` (model_int8.onnx)."""
     requested = {"fold_bn": fold_bn, "savedmodel": savedmodel, "onnx": onnx, "fp16": fp16, "tflite": tflite,
                  **formats}
-    to_write = [runtime for runtime in writers() if requested.pop(runtime.option, False)]
-    if requested:
-        raise ExportError(f"unknown export format(s) {', '.join(requested)}")
-    for runtime in to_write:
-        if runtime.needs and by_option(runtime.needs) not in to_write:
-            needed = by_option(runtime.needs)
-            raise ExportError(f"{runtime.flag} converts {needed.artifact}: add {needed.flag}")
+    unknown = [option for option in requested if option not in {r.option for r in writers()}]
+    if unknown:
+        raise ExportError(f"unknown export format(s) {', '.join(unknown)}")
+    writing = to_write(option for option, on in requested.items() if on)
     src, out_dir = Path(src), Path(out_dir).expanduser()
     destination = {"kind": EXPORT, "overwrite": overwrite, "sources": [src]}
     check_target(out_dir, **destination)  # before the model loads
@@ -100,7 +97,7 @@ def export_model(
         context = ExportContext(tmp, model, {"zoo_version": zoo_version(), "source_model": str(src),
                                              **(metadata or {})}, opset=opset, nchw=nchw,
                                 onnx_external_data=onnx_external_data, int8=int8_settings)
-        for runtime in to_write:
+        for runtime in writing:
             report = runtime.writer(context)
             if report is not None:
                 result.reports[runtime.option] = report

@@ -15,6 +15,7 @@ folder discovery all read this table; no other module lists runtimes or artifact
     ort-cpu-int8   model_int8.onnx      int8 QDQ, calibrated and accuracy-gated (--int8, made from model.onnx after
                                         folding; export/int8.py), parity relative to the output's scale
     tflite         model.tflite         (--tflite)
+    tflite-int8    model_int8.tflite    full-integer TFLite, same calibration images (--int8 with --tflite)
 
 Adding a runtime (e.g. int8: `model_int8.onnx`, runtime `ort-cpu-int8`):
 1. write its writer, `write(ctx: ExportContext) -> report or None`, in its own module (e.g. export/int8.py reading
@@ -45,6 +46,7 @@ SAVEDMODEL = "saved_model"
 ONNX = "model.onnx"
 ONNX_FP16 = "model_fp16.onnx"
 ONNX_INT8 = "model_int8.onnx"
+TFLITE_INT8 = "model_int8.tflite"
 TFLITE = "model.tflite"
 FOLD_REPORT = "fold_report.json"
 PARITY_REPORT = "parity.json"
@@ -96,8 +98,12 @@ class Runtime:
         return None if self.option is None else "--" + self.option.replace("_", "-")
 
     def open(self, path: Path | str, options: RunOptions = RunOptions()) -> Runner:
-        """A runner on `path`, named after this runtime, on its device."""
-        return self.runner(Path(path), self.name, self.device, options)
+        """A runner on `path`, named after this runtime, on its device; its `precision` is the table's unless the
+        file says (ONNX metadata)."""
+        runner = self.runner(Path(path), self.name, self.device, options)
+        if getattr(runner, "precision", None) is None:
+            runner.precision = self.precision
+        return runner
 
     def recognises(self, path: Path) -> bool:
         """Whether `path`, under any name, is a model this runtime runs (same suffix, or a folder with the marker)."""
@@ -192,6 +198,14 @@ def _write_int8(ctx: ExportContext):
     return report
 
 
+def _write_tflite_int8(ctx: ExportContext) -> None:
+    from export.tflite import export_tflite
+
+    saved_model = ctx.dir / SAVEDMODEL
+    export_tflite(ctx.model, ctx.dir / TFLITE_INT8, saved_model=saved_model if saved_model.is_dir() else None,
+                  representative=ctx.int8.calibration[:256])
+
+
 def _write_tflite(ctx: ExportContext) -> None:
     from export.tflite import export_tflite
 
@@ -217,6 +231,9 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("ort-cpu-int8", ONNX_INT8, _ort, device="cpu", option="int8", writer=_write_int8, needs="onnx",
             precision="int8", libraries=("onnxruntime",)),
     Runtime("tflite", TFLITE, _tflite, option="tflite", writer=_write_tflite, libraries=("tflite",)),
+    # written by --int8 only when --tflite is asked for too (a second writer of one option needs its `needs`)
+    Runtime("tflite-int8", TFLITE_INT8, _tflite, option="int8", writer=_write_tflite_int8, needs="tflite",
+            precision="int8", libraries=("tflite",)),
 )
 NAMES = tuple(runtime.name for runtime in RUNTIMES)
 ARTIFACTS = tuple(dict.fromkeys(runtime.artifact for runtime in RUNTIMES))
@@ -238,7 +255,30 @@ def by_option(option: str) -> Runtime:
 
 def writers() -> list[Runtime]:
     """One runtime per written artifact, in the order they must be written."""
-    return [runtime for runtime in RUNTIMES if runtime.writer is not None and by_option(runtime.option) is runtime]
+    first = {}
+    for runtime in RUNTIMES:
+        if runtime.writer is not None:
+            first.setdefault(runtime.artifact, runtime)
+    return list(first.values())
+
+
+def to_write(options: Iterable[str]) -> list[Runtime]:
+    """The writers for the requested `options`, in order. An option's first writer requires its `needs` (an
+    ExportError naming the flag to add); a further writer of the same option (tflite-int8) runs only when its
+    `needs` was asked for too."""
+    asked = set(options)
+    chosen = []
+    for runtime in writers():
+        if runtime.option not in asked:
+            continue
+        primary = by_option(runtime.option) is runtime
+        if runtime.needs and runtime.needs not in asked:
+            if primary:
+                needed = by_option(runtime.needs)
+                raise ExportError(f"{runtime.flag} converts {needed.artifact}: add {needed.flag}")
+            continue
+        chosen.append(runtime)
+    return chosen
 
 
 def check_device(device: str) -> str:

@@ -22,9 +22,13 @@ from export.savedmodel import export_savedmodel
 from export.signature import describe, layer_of_op
 
 
-def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | None = None) -> Path:
+def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | None = None,
+                  representative: Any = None) -> Path:
     """Write `model` as a .tflite file at `path` (atomic). Pass `saved_model` (written by `export_savedmodel` from
-    the same model) to skip writing a temporary one."""
+    the same model) to skip writing a temporary one. `representative` (an array of calibration inputs for the
+    model's one input) makes it a full-integer model: int8 weights and activations, every op an int8 builtin
+    (a model with an op that has no int8 kernel is refused), float32 input and output quantized at the edges so
+    callers feed the same arrays as to model.tflite."""
     import tensorflow as tf
 
     path = Path(path)
@@ -34,7 +38,12 @@ def export_tflite(model: Any, path: Path | str, *, saved_model: Path | str | Non
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as scratch:
         source = Path(saved_model) if saved_model else export_savedmodel(convertible, Path(scratch) / "saved_model")
         try:
-            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(source)).convert()
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
+            if representative is not None:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = lambda: ([x[None]] for x in representative)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            flatbuffer = converter.convert()
         except Exception as e:
             raise ExportError(f"TFLite conversion failed: {_reason(e, model)}") from e
     with atomic_output(path) as tmp:

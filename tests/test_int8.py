@@ -102,7 +102,7 @@ def test_failing_gate_exits_1_and_writes_nothing(cnn_bn_run, tmp_path):
     blank = _digits_npz(tmp_path / "blank.npz", blank_train=True)  # calibrating on black images: ranges collapse
     out = tmp_path / "export"
     result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-dataset", blank, "--out", out)
-    assert_user_error(result, "accuracy gate", "nothing was written", "SQNR")
+    assert_user_error(result, "accuracy gate", "nothing was written", "SQNR", "keep them in float")
     assert not out.exists() and not list(tmp_path.glob(".export.partial*"))
 
 
@@ -144,3 +144,63 @@ def test_bad_int8_input_is_one_error_line(cnn_bn_run, tmp_path):
                              "--out", tmp_path / "c"), "magic")
     assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--keep-float", "x", "--out", tmp_path / "d"), "--int8")
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_tflite_int8_tensors_are_int8(cnn_bn_run, tmp_path):
+    from export.runtimes import _tflite_interpreter
+
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--tflite", "--int8", "--calib-images", 64,
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "tflite-int8" in result.output  # its parity row (on the kept held-out images)
+    interpreter_class, _ = _tflite_interpreter()
+    interpreter = interpreter_class(model_path=str(out / "model_int8.tflite"))
+    ops = interpreter._get_ops_details()
+    convs = [op for op in ops if op["op_name"] == "CONV_2D"]
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    assert convs and all(tensors[int(op["inputs"][1])]["dtype"] == np.int8 for op in convs)  # int8 weights
+    assert all(tensors[int(op["inputs"][0])]["dtype"] == np.int8 for op in convs)  # int8 activations
+    assert all(tensors[int(op["outputs"][0])]["dtype"] == np.int8 for op in convs)
+
+
+def test_denoiser_gate_is_psnr(tmp_path):
+    from export.int8 import Int8Settings, check_gate
+
+    import keras
+
+    from export.onnx import export_onnx
+
+    x = inputs = keras.Input((None, None, 1), name="noisy")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    residual = keras.layers.Conv2D(1, 3, padding="same", name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Subtract(name="clean")([inputs, residual]))
+    export_onnx(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    clean = rng.random((4, 16, 16, 1), np.float32)
+    noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    settings = Int8Settings(calibration=noisy, evaluation=noisy, targets=clean)
+    same = check_gate(tmp_path / "m.onnx", tmp_path / "m.onnx", settings)
+    assert same["passed"] and same["psnr_drop"] == 0 and "agreement" not in same
+    settings.max_psnr_drop = -1.0  # an impossible gate fails and says by how much
+    assert not check_gate(tmp_path / "m.onnx", tmp_path / "m.onnx", settings)["passed"]
+
+
+def test_serve_answers_with_the_int8_model(int8_export):
+    import onnxruntime as ort
+    from starlette.testclient import TestClient
+
+    from zoo.serving.app import create_app
+
+    out, _ = int8_export
+    path = out / "model_int8.onnx"
+    x = np.load(out / "int8_sample.npz")["x"][:3]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: x})[0]
+    body = {"inputs": [{"name": session.get_inputs()[0].name, "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}]}
+    with TestClient(create_app(path, name="digits_int8", device="cpu")) as client:
+        response = client.post("/v2/models/digits_int8/infer", json=body)
+    assert response.status_code == 200, response.text
+    got = np.asarray(response.json()["outputs"][0]["data"], np.float32).reshape(want.shape)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)  # the int8 model's own answer, served

@@ -15,6 +15,7 @@ from export.runtime_table import (
     by_name,
     check_device,
     parity_tolerances,
+    to_write,
     select,
     writers,
 )
@@ -24,7 +25,7 @@ from zoo.cli.common import Device
 def test_names_and_writers():
     assert len(set(NAMES)) == len(NAMES)
     assert NAMES[0] == "keras" and by_name("keras").artifact == ORIGINAL and by_name("keras").writer is None
-    assert [r.option for r in writers()] == ["fold_bn", "savedmodel", "onnx", "fp16", "int8", "tflite"]  # write order
+    assert [r.option for r in writers()] == ["fold_bn", "savedmodel", "onnx", "fp16", "int8", "tflite", "int8"]  # write order
     assert by_name("ort-cpu-fp16").how_to_get() == "zoo export --onnx --fp16"
     assert by_name("ort-cpu-int8").how_to_get() == "zoo export --onnx --int8" and by_name("ort-cpu-int8").precision == "int8"
     assert {r.device for r in RUNTIMES if r.artifact in (ONNX, ONNX_FP16)} == {"cpu", "cuda", "tensorrt"}
@@ -78,3 +79,11 @@ def test_tensorrt_runtimes_run_only_when_asked_for():
     else:
         with pytest.raises(ExportError, match="TensorRT execution provider is not usable here: "):
             select(present, "tensorrt")
+
+
+def test_a_second_writer_of_an_option_runs_only_with_what_it_converts():
+    assert [r.name for r in to_write(["onnx", "int8"])] == ["ort-cpu", "ort-cpu-int8"]
+    assert [r.name for r in to_write(["onnx", "int8", "tflite"])] == ["ort-cpu", "ort-cpu-int8", "tflite",
+                                                                      "tflite-int8"]
+    with pytest.raises(ExportError, match="--int8 converts model.onnx: add --onnx"):
+        to_write(["int8", "tflite"])

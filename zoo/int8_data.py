@@ -19,15 +19,23 @@ GATE_IMAGES = 2000  # test images the gate runs on, at most (the whole test spli
 
 def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | None, images: int = 512,
                   method: str = "minmax", keep_float: tuple[str, ...] = (), min_agreement: float = 0.99,
-                  max_drop: float = 0.005, size: tuple[int, int] | None = None, seed: int = 0):
+                  max_drop: float = 0.005, size: tuple[int, int] | None = None, seed: int = 0,
+                  run_metrics: dict | None = None):
     """export.int8.Int8Settings for the model at `keras_path`: `images` calibration images from the training split
-    of `dataset` (or of `run_dataset`, the run's own), up to GATE_IMAGES gate images (and labels) from its test split."""
+    of `dataset` (or of `run_dataset`, the run's own), up to GATE_IMAGES gate images (and labels) from its test split.
+    A denoising run (its metrics.json, `run_metrics`) calibrates on noisy crops of its training photos and is gated
+    on the PSNR of held-out photos instead."""
     from export.int8 import METHODS, Int8Settings
     from export.loading import load_keras
     from zoo.classifier import is_classifier_for
     from zoo.data import load_dataset
     from zoo.data.dataset import subset
 
+    if (run_metrics or {}).get("task") == "denoising" and dataset is None:
+        if method not in METHODS:
+            raise ZooError(f"--calib-method {method!r}: use {', '.join(METHODS)}")
+        return _denoiser_settings(run_metrics, images=images, method=method, keep_float=tuple(keep_float),
+                                  side=size[0] if size else DENOISE_CROP, seed=seed)
     spec = dataset or run_dataset
     if spec is None:
         raise ZooError("--int8 needs --calib-dataset for a .keras file (a run folder records its own dataset): "
@@ -57,6 +65,39 @@ def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | N
     )
 
 
+DENOISE_CROP = 64  # calibration and gate crops of a denoiser (fully convolutional: any size runs)
+DENOISE_GATE_CROPS = 4  # per held-out photo
+
+
+def _denoiser_settings(metrics: dict, *, images: int, method: str, keep_float: tuple[str, ...], side: int,
+                       seed: int):
+    from export.int8 import Int8Settings
+    from zoo.denoise.data import HELD_OUT, add_noise, load_images, training_specs
+
+    sigma = float(metrics.get("sigma", 25.0))
+    channels = int(metrics.get("channels", 1))
+    source = metrics.get("training_images", "")
+    folder = None if not source or source.startswith("skimage:") else source
+    rng = np.random.default_rng(seed)
+
+    def crops(photos, count, noisy_seed):
+        clean, noisy = [], []
+        for i in range(count):
+            photo = photos[i % len(photos)]
+            top, left = (rng.integers(0, photo.shape[axis] - side + 1) for axis in (0, 1))
+            patch = photo[top:top + side, left:left + side]
+            clean.append(patch)
+            noisy.append(add_noise(patch, sigma, noisy_seed + i))
+        return np.stack(clean).astype(np.float32), np.stack(noisy).astype(np.float32)
+
+    _, calibration = crops(load_images(training_specs(folder), channels), images, seed)
+    held_out = load_images([f"skimage:{name}" for name in HELD_OUT], channels)
+    targets, evaluation = crops(held_out, DENOISE_GATE_CROPS * len(held_out), seed + 10_000)
+    return Int8Settings(calibration=calibration, evaluation=evaluation, targets=targets, method=method,
+                        keep_float=keep_float, calibration_source=f"noisy {side}×{side} crops of the training photos, "
+                        f"σ={sigma:g}", evaluation_source=f"noisy crops of the held-out photos {', '.join(HELD_OUT)}")
+
+
 def _input_side(model, size: tuple[int, int] | None) -> tuple[int, int]:
     shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else ()
     if len(shape) != 3:
@@ -75,3 +116,13 @@ def _images(split, side: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     batches = list(make_pipeline(split, image_size=side, channels=channels, batch_size=256, training=False, seed=0))
     return (np.concatenate([x.numpy() for x, _ in batches]).astype(np.float32),
             np.concatenate([y.numpy() for _, y in batches]))
+
+
+def read_run_metrics(src: Path) -> dict:
+    """A run folder's metrics.json ({} for a .keras file or an unreadable one)."""
+    import json
+
+    try:
+        return json.loads((Path(src) / "metrics.json").read_text()) if Path(src).is_dir() else {}
+    except (OSError, ValueError):
+        return {}
