@@ -22,6 +22,8 @@ how runners and parity know what they run; parity judges int8 rows relative to t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import tempfile
@@ -106,29 +108,42 @@ class Int8Report:
 
 AUTO = "auto"  # --keep-float auto: keep the costliest layers in float until the gate passes
 AUTO_MAX_LAYERS = 8
+AUTO_MAX_TRIES = 12
 
 
 def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings) -> Int8Report:
     """Write the QDQ int8 model of the ONNX file `fp32_path` to `out_path`, gate it, and report. `model` is the
-    Keras model the ONNX file was exported from (its layer names resolve --keep-float). With "auto" among
-    `settings.keep_float`, a failed gate keeps one more layer in float — the one adding the most quantization noise
-    (`noisiest_layers`, measured per layer on the gate images with export/localize.py) — and quantizes again, up to
-    AUTO_MAX_LAYERS layers."""
+    Keras model the ONNX file was exported from (its layer names resolve --keep-float).
+
+    With "auto" among `settings.keep_float`, a failed gate tries keeping one more layer in float — the noisiest not
+    yet tried (`noisiest_layers`, measured per layer on the gate images with export/localize.py) — and keeps it only
+    if the gate's figures improve (keeping a layer in float moves quantize/dequantize pairs around it and can make
+    things worse); up to AUTO_MAX_TRIES tries and AUTO_MAX_LAYERS layers kept."""
+    import shutil
+
     auto = AUTO in settings.keep_float
     chosen = [layer for layer in settings.keep_float if layer != AUTO]
-    picked: list[str] = []
-    while True:
-        report = _quantize_once(fp32_path, out_path, model, settings, tuple(chosen))
-        if report.gate["passed"] or not auto or len(picked) >= AUTO_MAX_LAYERS:
-            break
-        costliest = [layer for layer, _ in noisiest_layers(model, out_path, settings.evaluation[:32])
-                     if layer not in chosen and _has_nodes(out_path, model, layer)]
-        if not costliest:
-            break
-        chosen.append(costliest[0])
-        picked.append(costliest[0])
-    if picked:
-        report.notes.append(f"--keep-float auto kept {', '.join(picked)} in float (noisiest first)")
+    report = _quantize_once(fp32_path, out_path, model, settings, tuple(chosen))
+    picked, rejected = [], []
+    with tempfile.TemporaryDirectory(prefix="zoo-int8-auto-") as scratch:
+        trial_path = Path(scratch) / "trial.onnx"
+        while auto and not report.gate["passed"] and len(picked) < AUTO_MAX_LAYERS and \
+                len(picked) + len(rejected) < AUTO_MAX_TRIES:
+            candidates = [layer for layer, _ in noisiest_layers(model, out_path, settings.evaluation[:32])
+                          if layer not in chosen and layer not in rejected and _has_nodes(out_path, model, layer)]
+            if not candidates:
+                break
+            trial = _quantize_once(fp32_path, trial_path, model, settings, (*chosen, candidates[0]))
+            if gate_score(trial.gate) > gate_score(report.gate):
+                chosen.append(candidates[0])
+                picked.append(candidates[0])
+                report = trial
+                shutil.copyfile(trial_path, out_path)
+            else:
+                rejected.append(candidates[0])
+    if auto:
+        report.notes.append(f"--keep-float auto kept {', '.join(picked) or 'no layer'} in float"
+                            + (f"; tried and dropped (no better): {', '.join(rejected)}" if rejected else ""))
     if not report.gate["passed"]:
         worst = ", ".join(f"{layer} ({noise:.1f} dB)" for layer, noise in
                           noisiest_layers(model, out_path, settings.evaluation[:32])[:3])
@@ -137,6 +152,15 @@ def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings
                           f"per-layer SQNR): {worst}: keep them in float (--keep-float LAYER, or --keep-float auto) "
                           f"or loosen the gate")
     return report
+
+
+def gate_score(gate: dict[str, Any]) -> tuple[float, ...]:
+    """Higher is better: what `--keep-float auto` compares between tries."""
+    if "psnr_drop" in gate:
+        return (-gate["psnr_drop"],)
+    if "agreement" in gate:
+        return (gate["agreement"], -gate.get("accuracy_drop", 0.0))
+    return (-gate["max_rel_error"],)
 
 
 def noisiest_layers(model: Any, int8_path: Path, images: np.ndarray) -> list[tuple[str, float]]:
@@ -203,13 +227,14 @@ def _quantize_once(fp32_path: Path, out_path: Path, model: Any, settings: Int8Se
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
         try:
-            quantize_static(
-                str(source), str(out_path), _Reader(input_name, settings.calibration), quant_format=QuantFormat.QDQ,
-                per_channel=True, reduce_range=not vnni, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=[n for ns in kept.values() for n in ns],
-                calibrate_method=methods[settings.method],
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+                quantize_static(
+                    str(source), str(out_path), _Reader(input_name, settings.calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=not vnni,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=[n for ns in kept.values() for n in ns], calibrate_method=methods[settings.method],
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                )
         except Exception as e:
             raise ExportError(f"int8 quantization failed: {type(e).__name__}: {first_line(e)}") from e
     quantized = onnx.load(str(out_path))
@@ -287,7 +312,11 @@ def check_gate(fp32_path: Path, int8_path: Path, settings: Int8Settings) -> dict
         failures = [] if gate["max_rel_error"] <= settings.max_rel_error else [
             f"max error {100 * gate['max_rel_error']:.2f} % of the output scale > {100 * settings.max_rel_error:g} %"]
     gate["passed"] = not failures
-    gate["reason"] = "; ".join(failures) or None
+    measured = ""
+    if gate.get("accuracy_fp32") is not None:
+        measured = (f" (accuracy {100 * gate['accuracy_fp32']:.2f} % → {100 * gate['accuracy_int8']:.2f} % on "
+                    f"{gate['images']} images)")
+    gate["reason"] = ("; ".join(failures) + measured) if failures else None
     return gate
 
 
