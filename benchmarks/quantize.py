@@ -197,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("speed", "accuracy", "denoise", "shift", "all"), default="all")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--resnet20-epochs", type=int, default=8, help="resnet20's training epochs (accuracy part)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.part in ("speed", "all"):
@@ -205,8 +206,9 @@ def main() -> None:
     if args.part in ("accuracy", "all"):
         if not DATA.is_dir():
             raise SystemExit(f"--part accuracy needs {DATA} (real MNIST and CIFAR-10 subsets)")
-        results["accuracy"] = accuracy({"cnn_bn": 3, "resnet20": 8})
-        results["accuracy"]["command"] = "python benchmarks/quantize.py --part accuracy"
+        key = "accuracy" if args.resnet20_epochs == 8 else f"accuracy_resnet20_{args.resnet20_epochs}_epochs"
+        results[key] = accuracy({"cnn_bn": 3, "resnet20": args.resnet20_epochs})
+        results[key]["command"] = f"python benchmarks/quantize.py --part accuracy --resnet20-epochs {args.resnet20_epochs}"
     if args.part in ("shift", "all"):
         results["shift"] = shift()
         results["shift"]["command"] = "python benchmarks/quantize.py --part shift"
