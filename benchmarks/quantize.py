@@ -12,8 +12,8 @@ the CLI, calibrated on the training split, gated on the test split:
   cnn_bn   on the MNIST subset (17,435 train / 10,000 test)       goal: drop ≤ 0.5 pt, agreement ≥ 99 %
   resnet20 on the CIFAR-10 subset (5,085 train / 1,017 test)     same goals
 The figures are the export's own gate (int8_report.json), plus the file size ratio, for each calibration choice
-(minmax, entropy, percentile, minmax with --keep-float auto, and minmax with the gate opened so its figures are
-recorded even when it fails) on the same trained run.
+(minmax, entropy, percentile, minmax with --keep-float auto, minmax with bias correction, and minmax with the gate
+opened so its figures are recorded even when it fails) on the same trained run.
 
 Shifted domain (`--part shift`): calibration after `zoo recalibrate-bn` against plain PTQ, cnn_bn on MNIST+contrast
 and MNIST+invert (see `shift`).
@@ -97,6 +97,7 @@ def speed(size: int, runs: dict[int, int]) -> dict:
 
 VARIANTS = {"minmax": [], "entropy": ["--calib-method", "entropy"], "percentile": ["--calib-method", "percentile"],
             "minmax, --keep-float auto": ["--keep-float", "auto"],
+            "minmax, bias correction": ["--int8-bias-correction"],
             # the gate opened, so the file is written and its figures recorded whatever they are
             "minmax, gate open": ["--int8-min-agreement", "0", "--int8-max-drop", "100"]}
 

@@ -65,6 +65,7 @@ class Int8Settings:
     evaluation_source: str = ""
     targets: np.ndarray | None = None  # clean images for an image-to-image model (DnCNN): the gate is PSNR
     max_psnr_drop: float = 0.3  # dB
+    bias_correction: bool = False  # export/bias_correction.py
 
 
 @dataclass
@@ -240,6 +241,13 @@ def _quantize_once(fp32_path: Path, out_path: Path, model: Any, settings: Int8Se
     quantized = onnx.load(str(out_path))
     _set_precision(quantized, fp32_path)
     onnx.save(quantized, str(out_path))
+    if settings.bias_correction:
+        from export.bias_correction import correct_biases
+
+        shifts = correct_biases(fp32_path, out_path, settings.calibration[:256])
+        notes.append(f"bias correction: {len(shifts)} convs, largest mean shift removed "
+                     f"{max(shifts.values(), default=0.0):.3g}")
+        quantized = onnx.load(str(out_path))
     counts: dict[str, int] = {}
     dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     for node in quantized.graph.node:

@@ -107,17 +107,18 @@ def test_failing_gate_exits_1_and_writes_nothing(cnn_bn_run, tmp_path):
 
 
 def test_keep_float_auto_keeps_layers_until_the_gate_passes(cnn_bn_run, tmp_path):
-    blank = _digits_npz(tmp_path / "blank.npz", blank_train=True)
-    out = tmp_path / "export"
-    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--calib-dataset", blank,
-                    "--keep-float", "auto", "--no-parity", "--out", out)
-    if result.exit_code == 0:  # auto found layers to keep in float
-        report = json.loads((out / "int8_report.json").read_text())
-        assert report["gate"]["passed"] and report["kept_float"]
-        assert any("--keep-float auto kept" in note for note in report["notes"])
-    else:  # or it kept the most it may and still says why not, with nothing written
-        assert_user_error(result, "accuracy gate")
-        assert not out.exists()
+    strict = ["--int8-min-agreement", 100, "--int8-max-drop", 0, "--calib-images", 256, "--no-parity"]
+    plain = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", *strict, "--out", tmp_path / "plain")
+    assert_user_error(plain, "accuracy gate")  # one flipped answer is enough to fail a 100 % gate
+    out = tmp_path / "auto"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", *strict, "--keep-float", "auto",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "int8_report.json").read_text())
+    assert report["gate"]["passed"] and report["gate"]["agreement"] == 1.0 and report["kept_float"]
+    assert any(note.startswith("--keep-float auto kept") for note in report["notes"])
+    proto = onnx.load(str(out / "model_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # still an int8 model, not all float
 
 
 def test_calibration_reads_only_the_training_split(cnn_bn_run, tmp_path):
@@ -204,3 +205,45 @@ def test_serve_answers_with_the_int8_model(int8_export):
     assert response.status_code == 200, response.text
     got = np.asarray(response.json()["outputs"][0]["data"], np.float32).reshape(want.shape)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)  # the int8 model's own answer, served
+
+
+def _first_conv_mean_shift(fp32_path, int8_path, images):
+    """Per-channel mean of (int8 − fp32) output of the first conv, both read as graph outputs."""
+    from export.bias_correction import _exposing
+    from export.ort_session import make_session
+
+    fp32, int8 = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    conv = next(n for n in int8.graph.node if n.op_type == "Conv")
+    twin = next(n for n in fp32.graph.node if n.name == conv.name)
+    values = []
+    for proto, tensor in ((fp32, twin.output[0]), (int8, conv.output[0])):
+        session = make_session(_exposing(proto, [tensor]).SerializeToString(), device="cpu").session
+        values.append(session.run([tensor], {session.get_inputs()[0].name: images})[0])
+    return conv.name, (values[1].astype(np.float64) - values[0]).mean(axis=(0, 2, 3))
+
+
+def test_bias_correction_removes_the_weight_rounding_shift(int8_export, tmp_path):
+    import shutil
+
+    from export.bias_correction import correct_biases, weight_shifts
+
+    out, _ = int8_export
+    images = np.load(out / "int8_sample.npz")["x"]
+    corrected = tmp_path / "model_int8.onnx"
+    shutil.copyfile(out / "model_int8.onnx", corrected)
+    name, measured = _first_conv_mean_shift(out / "model.onnx", corrected, images)
+    predicted = weight_shifts(out / "model.onnx", corrected, images)[name]
+    assert np.abs(measured).max() > 1e-3  # rounding the weights did shift the channel means
+    np.testing.assert_allclose(predicted, measured, atol=0.2 * np.abs(measured).max())  # (W_q − W)·E[x] predicts it
+    correct_biases(out / "model.onnx", corrected, images)
+    _, after = _first_conv_mean_shift(out / "model.onnx", corrected, images)
+    assert np.abs(after).max() < 0.2 * np.abs(measured).max()
+
+
+def test_bias_correction_flag_is_recorded(cnn_bn_run, tmp_path):
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--int8-bias-correction",
+                    "--calib-images", 64, "--no-parity", "--out", out)
+    assert result.exit_code == 0, result.output
+    notes = json.loads((out / "int8_report.json").read_text())["notes"]
+    assert any(note.startswith("bias correction: 2 convs") for note in notes), notes

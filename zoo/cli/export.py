@@ -55,6 +55,7 @@ def export_command(
     keep_float: Annotated[Optional[list[str]], typer.Option(help="Keras layer to leave in float with --int8 (repeatable).")] = None,
     int8_min_agreement: Annotated[float, typer.Option(help="--int8 gate: top-1 agreement with the fp32 model, percent.")] = 99.0,
     int8_max_drop: Annotated[float, typer.Option(help="--int8 gate: largest accuracy drop on the test split, points.")] = 0.5,
+    int8_bias_correction: Annotated[bool, typer.Option("--int8-bias-correction", help="--int8: subtract each quantized conv's measured mean output shift from its bias (docs/int8.md says what it did in measurements).")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table.
@@ -84,7 +85,8 @@ def export_command(
             settings = int8_settings(source.keras_path, dataset=calib_dataset, run_dataset=source.metadata.get(
                 "dataset"), images=calib_images, method=calib_method, keep_float=tuple(keep_float or ()),
                 min_agreement=int8_min_agreement / 100, max_drop=int8_max_drop / 100,
-                size=sizes[0] if sizes else None, run_metrics=read_run_metrics(src))
+                size=sizes[0] if sizes else None, run_metrics=read_run_metrics(src),
+                bias_correction=int8_bias_correction)
         elif calib_dataset or keep_float:
             raise ZooError("--calib-dataset and --keep-float apply to --int8: add --int8")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
