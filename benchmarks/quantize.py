@@ -12,7 +12,7 @@ the CLI, calibrated on the training split, gated on the test split:
   cnn_bn   on the MNIST subset (17,435 train / 10,000 test)       goal: drop ≤ 0.5 pt, agreement ≥ 99 %
   resnet20 on the CIFAR-10 subset (5,085 train / 1,017 test)     same goals
 The figures are the export's own gate (int8_report.json), plus the file size ratio, for each calibration choice
-(minmax, entropy, percentile, minmax with --keep-float auto, minmax with bias correction, and minmax with the gate
+(minmax, entropy, percentile, --keep-float auto, bias correction and their combinations, and minmax with the gate
 opened so its figures are recorded even when it fails) on the same trained run.
 
 Shifted domain (`--part shift`): calibration after `zoo recalibrate-bn` against plain PTQ, cnn_bn on MNIST+contrast
@@ -98,6 +98,8 @@ def speed(size: int, runs: dict[int, int]) -> dict:
 VARIANTS = {"minmax": [], "entropy": ["--calib-method", "entropy"], "percentile": ["--calib-method", "percentile"],
             "minmax, --keep-float auto": ["--keep-float", "auto"],
             "minmax, bias correction": ["--int8-bias-correction"],
+            "percentile, bias correction": ["--calib-method", "percentile", "--int8-bias-correction"],
+            "minmax, bias correction, --keep-float auto": ["--int8-bias-correction", "--keep-float", "auto"],
             # the gate opened, so the file is written and its figures recorded whatever they are
             "minmax, gate open": ["--int8-min-agreement", "0", "--int8-max-drop", "100"]}
 
@@ -127,6 +129,7 @@ def accuracy(epochs: dict[str, int]) -> dict:
                     "error": [l for l in done.stderr.splitlines() if l.startswith("error:")],
                     "gate": report["gate"] if report else None,
                     "kept_float": list(report["kept_float"]) if report else None,
+                    "notes": report["notes"] if report else None,
                     "size_ratio": ((export / "model_int8.onnx").stat().st_size / (export / "model.onnx").stat().st_size
                                    if report else None),
                     "goal_met": bool(report and report["gate"]["passed"]),

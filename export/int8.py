@@ -280,16 +280,25 @@ def keep_float_nodes(proto: Any, model: Any, layers: Sequence[str]) -> dict[str,
 
 
 def check_gate(fp32_path: Path, int8_path: Path, settings: Int8Settings) -> dict[str, Any]:
-    """Run both models on `settings.evaluation` and judge the int8 one (see the module docstring)."""
+    """Run both models on `settings.evaluation` and judge the int8 one (see the module docstring). `int8_path` is
+    an ONNX file or a .tflite file (model_int8.tflite is gated like model_int8.onnx)."""
     from export.ort_session import make_session
 
-    fp32, int8 = (make_session(p, device="cpu").session for p in (fp32_path, int8_path))
+    fp32 = make_session(fp32_path, device="cpu").session
     name = fp32.get_inputs()[0].name
+    if Path(int8_path).suffix == ".tflite":
+        from export.runtimes import TFLiteRunner
+
+        runner = TFLiteRunner(int8_path, name="tflite-int8")
+        int8 = lambda x: next(iter(runner({runner.input_names[0]: x}).values()))  # noqa: E731
+    else:
+        session = make_session(int8_path, device="cpu").session
+        int8 = lambda x: session.run(None, {name: x})[0]  # noqa: E731
     ref, out = [], []
     for start in range(0, len(settings.evaluation), 64):
-        batch = {name: settings.evaluation[start:start + 64]}
-        ref.append(fp32.run(None, batch)[0])
-        out.append(int8.run(None, batch)[0])
+        batch = settings.evaluation[start:start + 64]
+        ref.append(fp32.run(None, {name: batch})[0])
+        out.append(int8(batch))
     ref, out = np.concatenate(ref), np.concatenate(out)
     gate: dict[str, Any] = {"images": int(len(ref)), "source": settings.evaluation_source}
     scale = float(np.max(np.abs(ref))) or 1.0

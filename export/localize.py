@@ -333,7 +333,10 @@ def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[Path_, int], *
             del candidates[path]
         else:
             candidates[path] = kept
-    options = {"device": runner._device, "disabled_optimizers": runner.disabled_optimizers}
+    from export.ort_session import TENSORRT
+
+    device = "tensorrt" if runner.providers[0] == TENSORRT else runner._device  # where the artifact really ran
+    options = {"device": device, "disabled_optimizers": runner.disabled_optimizers}
 
     def session_exposing(tensors: set[str]):
         copy = onnx.ModelProto()

@@ -30,6 +30,7 @@ Parity, `zoo bench --runtimes`, run/export folder discovery and the "make it wit
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,11 +200,18 @@ def _write_int8(ctx: ExportContext):
 
 
 def _write_tflite_int8(ctx: ExportContext) -> None:
+    from export.int8 import REPORT, check_gate
     from export.tflite import export_tflite
 
     saved_model = ctx.dir / SAVEDMODEL
     export_tflite(ctx.model, ctx.dir / TFLITE_INT8, saved_model=saved_model if saved_model.is_dir() else None,
                   representative=ctx.int8.calibration[:256])
+    gate = check_gate(ctx.dir / ONNX, ctx.dir / TFLITE_INT8, ctx.int8)  # the same gate as model_int8.onnx
+    if not gate["passed"]:
+        raise ExportError(f"model_int8.tflite fails its accuracy gate: {gate['reason']}; nothing was written")
+    report = json.loads((ctx.dir / REPORT).read_text())
+    report["tflite_gate"] = gate
+    (ctx.dir / REPORT).write_text(json.dumps(report, indent=2))
 
 
 def _write_tflite(ctx: ExportContext) -> None:

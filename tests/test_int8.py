@@ -163,6 +163,8 @@ def test_tflite_int8_tensors_are_int8(cnn_bn_run, tmp_path):
     assert convs and all(tensors[int(op["inputs"][1])]["dtype"] == np.int8 for op in convs)  # int8 weights
     assert all(tensors[int(op["inputs"][0])]["dtype"] == np.int8 for op in convs)  # int8 activations
     assert all(tensors[int(op["outputs"][0])]["dtype"] == np.int8 for op in convs)
+    gate = json.loads((out / "int8_report.json").read_text())["tflite_gate"]  # gated like model_int8.onnx
+    assert gate["passed"] and gate["agreement"] >= 0.99 and gate["images"] > 100
 
 
 def test_denoiser_gate_is_psnr(tmp_path):
