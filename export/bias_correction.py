@@ -42,6 +42,7 @@ def weight_shifts(fp32_path: Path, int8: Any, images: np.ndarray, *, batch: int 
     import onnx
     from onnx import numpy_helper
 
+    from export.onnx import with_outputs
     from export.ort_session import make_session
 
     proto = int8 if isinstance(int8, onnx.ModelProto) else onnx.load(str(int8))
@@ -56,7 +57,7 @@ def weight_shifts(fp32_path: Path, int8: Any, images: np.ndarray, *, batch: int 
     if not convs:
         return {}
     inputs = sorted({fp32_convs[n.name].input[0] for n in convs})
-    session = make_session(_exposing(reference, inputs).SerializeToString(), device="cpu").session
+    session = make_session(with_outputs(reference, inputs).SerializeToString(), device="cpu").session
     name = session.get_inputs()[0].name
     sums: dict[str, Any] = dict.fromkeys(inputs, 0.0)
     count = 0
@@ -93,18 +94,6 @@ def _dequantized(dq: Any, initializers: dict, numpy_helper: Any) -> np.ndarray:
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return (q - zero) * scale
-
-
-def _exposing(proto: Any, names: list[str]) -> Any:
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name not in present:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return copy
 
 
 def _subtract(conv: Any, shift: np.ndarray, producers: dict, initializers: dict, numpy_helper: Any) -> None:

@@ -37,11 +37,12 @@ import numpy as np
 from export.errors import ExportError, first_line
 
 METHODS = ("minmax", "entropy", "percentile")
-# parity for int8 models (export/parity.py): error within 10 % of the output's scale, on held-out images the export
-# keeps (int8_sample.npz), not on parity's uniform-noise inputs: inputs unlike the calibration images fall outside
-# the calibrated ranges and saturate (cnn_bn on digits: 0.8 % of the scale on test images, 7-20 % on noise). The
-# accuracy claim is the gate, on every held-out image, in int8_report.json.
-INT8_TOLERANCE = 0.1
+# parity for int8 models (export/parity.py): error within 15 % of the output's scale, on held-out images the export
+# keeps (int8_sample.npz), not on parity's uniform-noise inputs, which fall outside the calibrated ranges and
+# saturate. A bound that catches a broken quantization (wrong scales, saturation), not an accuracy claim: the largest
+# error over every gate image in benchmarks/results/quantize.json is 9.6 % of the scale (resnet20). The accuracy
+# claim is the gate, on every held-out image, in int8_report.json.
+INT8_TOLERANCE = 0.15
 REPORT = "int8_report.json"
 SAMPLE = "int8_sample.npz"  # a few gate images: what parity runs the int8 model on (synthetic inputs are unlike them)
 SAMPLE_IMAGES = 8
@@ -86,22 +87,10 @@ class Int8Report:
         return bool(self.gate.get("passed"))
 
     def summary(self) -> str:
-        g = self.gate
-        if "psnr_drop" in g:
-            figures = f"PSNR {g['psnr_fp32']:.2f} dB → {g['psnr_int8']:.2f} dB"
-        elif "agreement" in g:
-            figures = (f"top-1 agreement {100 * g['agreement']:.2f} %" +
-                       (f", accuracy {100 * g['accuracy_fp32']:.2f} % → {100 * g['accuracy_int8']:.2f} %"
-                        if g.get("accuracy_fp32") is not None else ""))
-        else:
-            figures = f"max error {100 * g['max_rel_error']:.2f} % of the output scale"
         kept = f"; kept in float: {', '.join(self.kept_float)}" if self.kept_float else ""
         return (f"int8: {sum(self.quantized_nodes.values())} ops quantized ({self.method} calibration on "
                 f"{self.calibration_images} images, {self.calibration_source}){kept}; gate on "
-                f"{g.get('images')} {self.evaluation_label()}: {figures}")
-
-    def evaluation_label(self) -> str:
-        return self.gate.get("source") or "held-out images"
+                f"{describe_gate(self.gate)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -122,6 +111,8 @@ def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings
     things worse); up to AUTO_MAX_TRIES tries and AUTO_MAX_LAYERS layers kept."""
     import shutil
 
+    import onnx
+
     auto = AUTO in settings.keep_float
     chosen = [layer for layer in settings.keep_float if layer != AUTO]
     report = _quantize_once(fp32_path, out_path, model, settings, tuple(chosen))
@@ -130,8 +121,9 @@ def quantize(fp32_path: Path, out_path: Path, model: Any, settings: Int8Settings
         trial_path = Path(scratch) / "trial.onnx"
         while auto and not report.gate["passed"] and len(picked) < AUTO_MAX_LAYERS and \
                 len(picked) + len(rejected) < AUTO_MAX_TRIES:
+            graph = onnx.load(str(out_path))
             candidates = [layer for layer, _ in noisiest_layers(model, out_path, settings.evaluation[:32])
-                          if layer not in chosen and layer not in rejected and _has_nodes(out_path, model, layer)]
+                          if layer not in chosen and layer not in rejected and _has_nodes(graph, model, layer)]
             if not candidates:
                 break
             trial = _quantize_once(fp32_path, trial_path, model, settings, (*chosen, candidates[0]))
@@ -187,11 +179,9 @@ def noisiest_layers(model: Any, int8_path: Path, images: np.ndarray) -> list[tup
     return sorted(added, key=lambda item: -item[1])
 
 
-def _has_nodes(path: Path, model: Any, layer: str) -> bool:
-    import onnx
-
+def _has_nodes(proto: Any, model: Any, layer: str) -> bool:
     try:
-        keep_float_nodes(onnx.load(str(path)), model, [layer])
+        keep_float_nodes(proto, model, [layer])
     except ExportError:
         return False
     return True
@@ -384,10 +374,14 @@ def sample_input_set(export_dir: Path, input_name: str) -> tuple[str, dict[str, 
 def gate_note(export_dir: Path) -> str | None:
     """One line on the int8 gate recorded in an export folder (None when there is no int8_report.json)."""
     try:
-        report = json.loads((Path(export_dir) / REPORT).read_text())
-    except (OSError, ValueError):
+        gate = json.loads((Path(export_dir) / REPORT).read_text())["gate"]
+    except (OSError, ValueError, KeyError):
         return None
-    gate = report.get("gate", {})
+    return f"ort-cpu-int8 passed its export gate on {describe_gate(gate)} (int8_report.json)"
+
+
+def describe_gate(gate: dict[str, Any]) -> str:
+    """'270 digits test images: top-1 agreement 100.00 %, accuracy 98.52 % → 98.52 %' (or PSNR, or max error)."""
     if "psnr_drop" in gate:
         figures = f"PSNR {gate['psnr_fp32']:.2f} dB → {gate['psnr_int8']:.2f} dB"
     elif "agreement" in gate:
@@ -396,5 +390,4 @@ def gate_note(export_dir: Path) -> str | None:
             figures += f", accuracy {100 * gate['accuracy_fp32']:.2f} % → {100 * gate['accuracy_int8']:.2f} %"
     else:
         figures = f"max error {100 * gate.get('max_rel_error', float('nan')):.2f} % of the output scale"
-    return (f"ort-cpu-int8 passed its export gate on {gate.get('images')} {gate.get('source') or 'held-out images'}: "
-            f"{figures} (int8_report.json)")
+    return f"{gate.get('images')} {gate.get('source') or 'held-out images'}: {figures}"

@@ -57,7 +57,7 @@ from export.parity import (
     runtime_tolerance,
 )
 
-Path_ = str  # a layer path: "conv1", nested "backbone/conv1"
+LayerPath = str  # a layer path: "conv1", nested "backbone/conv1"
 
 
 # ----------------------------------------------------------------------------------------- Keras side
@@ -65,7 +65,7 @@ Path_ = str  # a layer path: "conv1", nested "backbone/conv1"
 
 @dataclass(frozen=True)
 class KerasLayer:
-    path: Path_
+    path: LayerPath
     class_name: str
     shared: bool  # called more than once: no single output to compare
 
@@ -87,7 +87,7 @@ def keras_layers(model: Any, prefix: str = "") -> list[KerasLayer]:
 
 
 def layer_outputs(model: Any, inputs: Sequence[np.ndarray], prefix: str = "",
-                  probes: dict | None = None) -> dict[Path_, np.ndarray]:
+                  probes: dict | None = None) -> dict[LayerPath, np.ndarray]:
     """{layer path: its (first) output} for one run of `model` on `inputs` (in `model.inputs` order), inference mode,
     plus the model's outputs under OUTPUTS (a list in `model.outputs` order) at the top level. `probes` caches the
     multi-output copies between calls."""
@@ -117,16 +117,13 @@ def layer_outputs(model: Any, inputs: Sequence[np.ndarray], prefix: str = "",
 OUTPUTS = "\0outputs"  # layer_outputs' key for the model's own outputs (no layer path can hold a NUL)
 
 
-def output_layers(model: Any) -> dict[str, Path_]:
+def output_layers(model: Any) -> dict[str, LayerPath]:
     """{model output name: path of the layer producing it}."""
     from export.signature import describe
 
     names = describe(model).output_names
-    return {name: _producer_path(model, tensor) for name, tensor in zip(names, model.outputs)}
-
-
-def _producer_path(model: Any, tensor: Any) -> Path_:
-    return tensor._keras_history[0].name  # a nested model's output is the nested model layer's
+    # a nested model's output is the nested model layer's
+    return {name: tensor._keras_history[0].name for name, tensor in zip(names, model.outputs)}
 
 
 def _is_nested(layer: Any) -> bool:
@@ -143,7 +140,7 @@ class LayerResolver:
     def _tree(self, model: Any) -> dict[str, Any]:
         return {layer.name: (self._tree(layer) if _is_nested(layer) else None) for layer in model.layers}
 
-    def __call__(self, op_name: str) -> Path_ | None:
+    def __call__(self, op_name: str) -> LayerPath | None:
         level, path = self._children, []
         for scope in op_name.split("/")[:-1] if "/" in op_name else []:
             for candidate in (scope, re.sub(r"_\d+$", "", scope)):
@@ -170,9 +167,9 @@ class Observation:
     """What one runtime lets us see: candidate tensors per layer path (of the runtime's own model), a call that
     returns {tensor name: value} for them, and what could not be observed."""
 
-    candidates: dict[Path_, list[Candidate]]
+    candidates: dict[LayerPath, list[Candidate]]
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-    unobservable: dict[Path_, str] = field(default_factory=dict)
+    unobservable: dict[LayerPath, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -184,14 +181,14 @@ class GraphNode:
     outputs: list[str]
 
 
-def scope_exits(nodes: Sequence[GraphNode], graph_outputs: Sequence[str], resolve: Callable[[str], Path_ | None],
-                order: dict[Path_, int]) -> tuple[dict[Path_, list[Candidate]], dict[Path_, str]]:
+def scope_exits(nodes: Sequence[GraphNode], graph_outputs: Sequence[str], resolve: Callable[[str], LayerPath | None],
+                order: dict[LayerPath, int]) -> tuple[dict[LayerPath, list[Candidate]], dict[LayerPath, str]]:
     """({layer path: tensors leaving that layer's scope (consumed outside it, or a graph output)}, in graph order;
     {layer path: why it has no tensor of its own}). A nested model's path gets the exits of its whole scope too. A
     node naming several layers (a fused op) belongs to the latest of them in the model's order."""
-    owner: dict[str, Path_ | None] = {}
-    produced: list[tuple[str, str, Path_]] = []
-    fused: dict[Path_, str] = {}
+    owner: dict[str, LayerPath | None] = {}
+    produced: list[tuple[str, str, LayerPath]] = []
+    fused: dict[LayerPath, str] = {}
     for node in nodes:
         paths = [p for p in map(resolve, node.scopes) if p is not None and p in order]
         path = max(paths, key=order.__getitem__) if paths else None
@@ -201,12 +198,12 @@ def scope_exits(nodes: Sequence[GraphNode], graph_outputs: Sequence[str], resolv
             owner[tensor] = path
             if path is not None and node.op not in ("Const", "Constant"):
                 produced.append((tensor, node.op, path))
-    consumers: dict[str, list[Path_ | None]] = {}
+    consumers: dict[str, list[LayerPath | None]] = {}
     for node in nodes:
         for tensor in node.inputs:
             consumers.setdefault(tensor, []).append(owner.get(node.outputs[0]) if node.outputs else None)
     outputs = set(graph_outputs)
-    exits: dict[Path_, list[Candidate]] = {}
+    exits: dict[LayerPath, list[Candidate]] = {}
     for tensor, op, path in produced:
         users = consumers.get(tensor, [])
         parts = path.split("/")
@@ -219,8 +216,7 @@ def scope_exits(nodes: Sequence[GraphNode], graph_outputs: Sequence[str], resolv
     return exits, {path: why for path, why in fused.items() if path not in exits}
 
 
-def observe(runner: Any, *, model: Any, order: dict[Path_, int], atol: float, rtol: float,
-            plain: Callable[[dict], dict] | None = None) -> Observation:
+def observe(runner: Any, *, model: Any, order: dict[LayerPath, int], atol: float, rtol: float) -> Observation:
     """An Observation for a runner of export/runtimes.py (by its kind). `model` is the Keras model the runtime was
     made from (its layer names are the ones in the runtime's op names)."""
     from export.runtimes import KerasRunner, OrtRunner, SavedModelRunner, TFLiteRunner
@@ -252,7 +248,7 @@ def _observe_keras(runner: Any) -> Observation:
     return Observation(candidates, run)
 
 
-def _observe_savedmodel(runner: Any, resolve: LayerResolver, order: dict[Path_, int]) -> Observation:
+def _observe_savedmodel(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int]) -> Observation:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
@@ -279,8 +275,8 @@ def _observe_savedmodel(runner: Any, resolve: LayerResolver, order: dict[Path_, 
     return Observation(candidates, run, fused, ["the SavedModel's graph, frozen and pruned to each layer's tensor"])
 
 
-def _observe_tflite(runner: Any, resolve: LayerResolver, order: dict[Path_, int],
-                    outputs: dict[str, Path_]) -> Observation:
+def _observe_tflite(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int],
+                    outputs: dict[str, LayerPath]) -> Observation:
     from export.runtimes import _tflite_interpreter
     from export.savedmodel import SIGNATURE_KEY
 
@@ -315,10 +311,11 @@ def _observe_tflite(runner: Any, resolve: LayerResolver, order: dict[Path_, int]
     return Observation(candidates, run, fused, ["interpreter with experimental_preserve_all_tensors"])
 
 
-def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[Path_, int], *, atol: float,
+def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int], *, atol: float,
                  rtol: float) -> Observation:
     import onnx
 
+    from export.onnx import with_outputs
     from export.ort_session import make_session
 
     proto = onnx.load(str(runner.path))
@@ -339,11 +336,7 @@ def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[Path_, int], *
     options = {"device": device, "disabled_optimizers": runner.disabled_optimizers}
 
     def session_exposing(tensors: set[str]):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        for name in sorted(tensors - set(graph_outputs)):
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-        made = make_session(copy.SerializeToString(), **options)
+        made = make_session(with_outputs(proto, tensors, types).SerializeToString(), **options)
         names = [o.name for o in made.session.get_outputs()]
         return lambda feeds: dict(zip(names, made.session.run(names, runner._model_inputs(feeds))))
 
@@ -432,7 +425,7 @@ def _layouts(ref: np.ndarray, out: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 @dataclass
 class LayerError:
-    layer: Path_
+    layer: LayerPath
     runtime_tensor: str
     op: str
     max_abs: float
@@ -448,7 +441,7 @@ class LayerError:
         self.passed = self.passed and other.passed
 
 
-def compare_layer(layer: Path_, ref: np.ndarray, values: dict[str, np.ndarray], candidates: list[Candidate],
+def compare_layer(layer: LayerPath, ref: np.ndarray, values: dict[str, np.ndarray], candidates: list[Candidate],
                   atol: float, rtol: float, *, scaled: bool = True) -> LayerError | str:
     """The best-matching candidate tensor's error for one layer, or why none matches the reference's shape.
     `scaled`: the absolute tolerance grows with the tensor's max |ref| (inner layers); False: parity's rule as is
@@ -494,14 +487,14 @@ def _key(err: LayerError) -> float:
     return math.inf if math.isnan(err.max_abs) else err.max_abs
 
 
-def _record(merged: dict[Path_, LayerError], error: LayerError) -> None:
+def _record(merged: dict[LayerPath, LayerError], error: LayerError) -> None:
     if error.layer in merged:
         merged[error.layer].merge(error)
     else:
         merged[error.layer] = error
 
 
-def _op_of(observation: Observation, path: Path_) -> str:
+def _op_of(observation: Observation, path: LayerPath) -> str:
     """The op producing a layer's tensor in the runtime ('?' when the layer has no observed tensor)."""
     found = observation.candidates.get(path)
     return found[-1].op if found else "?"
@@ -521,7 +514,7 @@ class RuntimeLocalization:
     rtol: float
     precision: str = "float32"
     layers: list[LayerError] = field(default_factory=list)
-    unmapped: dict[Path_, str] = field(default_factory=dict)
+    unmapped: dict[LayerPath, str] = field(default_factory=dict)
     output_max_abs: float | None = None
     output_passed: bool = True
     error: str | None = None  # the runtime could not run at all
@@ -631,10 +624,10 @@ def _num(value: float | None) -> str:
 # -------------------------------------------------------------------------------------------- driver
 
 
-def fold_mapping(fold_report: dict | None, runtime_layers: set[Path_]) -> tuple[dict[Path_, Path_], dict[Path_, str]]:
+def fold_mapping(fold_report: dict | None, runtime_layers: set[LayerPath]) -> tuple[dict[LayerPath, LayerPath], dict[LayerPath, str]]:
     """(reference layer -> runtime layer, reference layer -> why it has no counterpart) from a fold report."""
-    renamed: dict[Path_, Path_] = {}
-    gone: dict[Path_, str] = {}
+    renamed: dict[LayerPath, LayerPath] = {}
+    gone: dict[LayerPath, str] = {}
     for fold in (fold_report or {}).get("folded", []):
         bn, into = fold["bn"], fold["into"]
         if "→ BN" in fold["pattern"]:  # producer → BN: the producer's folded output is the BN's
@@ -689,7 +682,7 @@ def localize(
             elif target not in observations[-1].candidates:
                 result.unmapped[layer.path] = observations[-1].unobservable.get(
                     target, "no tensor of its own in this runtime (fused into a neighbour or removed)")
-    merged: list[dict[Path_, LayerError]] = [{} for _ in candidates]
+    merged: list[dict[LayerPath, LayerError]] = [{} for _ in candidates]
     for label, feeds in input_sets:  # the reference once per input set; one runtime's tensors at a time
         ref_values = layer_outputs(model, [feeds[n] for n in reference.signature.input_names])
         ref_out = dict(zip(reference.signature.output_names, ref_values.pop(OUTPUTS)))  # = reference(feeds)

@@ -303,3 +303,18 @@ def _dim_name(info: TensorInfo, keras_axis: int) -> str:
     if len(info.shape) == 4 and keras_axis in (1, 2):
         return f"{info.name}_{'height' if keras_axis == 1 else 'width'}"
     return f"{info.name}_dim{keras_axis}"
+
+
+def with_outputs(proto: Any, names: Any, types: dict[str, int] | None = None) -> Any:
+    """A copy of the ONNX model `proto` that also returns the intermediate tensors `names` as graph outputs (of
+    element type `types[name]`, float32 when not given). Used to read inner tensors (export/localize.py,
+    export/bias_correction.py); ONNX Runtime does not fuse a tensor away once it is a graph output."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    present = {o.name for o in copy.graph.output}
+    for name in sorted(set(names) - present):
+        element = (types or {}).get(name, onnx.TensorProto.FLOAT)
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, element, None))
+    return copy

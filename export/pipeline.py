@@ -123,13 +123,12 @@ def check_parity(directory: Path | str, *, device: str = "auto", atol: float = 1
 
     reference, candidates, notes = runners_for(Path(directory), device=device, ort_disabled=ort_disabled)
     plan = parity_plan(Path(directory), reference, candidates, batches=batches, seed=seed, sizes=sizes)
-    report = None
-    for runners, input_sets, extra in plan:
-        tolerances = parity_tolerances([runner.name for runner in runners], atol, rtol)
-        part = run_parity(reference, runners, input_sets, atol=atol, rtol=rtol, notes=[*notes, *extra],
-                          tolerances=tolerances)
-        report = part if report is None else (report.extend(part) or report)
-    return report
+    parts = [run_parity(reference, runners, input_sets, atol=atol, rtol=rtol, notes=[*notes, *extra],
+                        tolerances=parity_tolerances([runner.name for runner in runners], atol, rtol))
+             for runners, input_sets, extra in plan]
+    for part in parts[1:]:
+        parts[0].extend(part)
+    return parts[0]
 
 
 def parity_plan(directory: Path, reference, candidates, *, batches: tuple[int, ...] = (1, 7), seed: int = 0,

@@ -92,8 +92,13 @@ def _denoiser_settings(metrics: dict, *, images: int, method: str, keep_float: t
             noisy.append(add_noise(patch, sigma, noisy_seed + i))
         return np.stack(clean).astype(np.float32), np.stack(noisy).astype(np.float32)
 
-    _, calibration = crops(load_images(training_specs(folder), channels), images, seed)
+    training = load_images(training_specs(folder), channels)
     held_out = load_images([f"skimage:{name}" for name in HELD_OUT], channels)
+    smallest = min(min(photo.shape[:2]) for photo in training + held_out)
+    if side > smallest:
+        raise ZooError(f"--size {side}x{side} is larger than the smallest photo ({smallest} pixels): calibrate at "
+                       f"--size {DENOISE_CROP}x{DENOISE_CROP} or anything up to {smallest}")
+    _, calibration = crops(training, images, seed)
     targets, evaluation = crops(held_out, DENOISE_GATE_CROPS * len(held_out), seed + 10_000)
     return Int8Settings(calibration=calibration, evaluation=evaluation, targets=targets, method=method,
                         keep_float=keep_float, calibration_source=f"noisy {side}×{side} crops of the training photos, "
@@ -119,12 +124,3 @@ def _images(split, side: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate([x.numpy() for x, _ in batches]).astype(np.float32),
             np.concatenate([y.numpy() for _, y in batches]))
 
-
-def read_run_metrics(src: Path) -> dict:
-    """A run folder's metrics.json ({} for a .keras file or an unreadable one)."""
-    import json
-
-    try:
-        return json.loads((Path(src) / "metrics.json").read_text()) if Path(src).is_dir() else {}
-    except (OSError, ValueError):
-        return {}

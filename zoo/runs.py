@@ -114,6 +114,7 @@ class Source:
     keras_path: Path
     default_export_dir: Path
     metadata: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the run's metrics.json ({} for a .keras file)
 
 
 def resolve_source(src: Path) -> Source:
@@ -123,7 +124,9 @@ def resolve_source(src: Path) -> Source:
         keras_path = src / MODEL_FILE
         if not keras_path.is_file():
             raise ZooError(f"{src} has no {MODEL_FILE}; pass a run directory from `zoo train` or a .keras file")
-        return Source(keras_path, src / "export", {"source_model": str(keras_path), **_run_metadata(src)})
+        metrics = _read_metrics(src)
+        return Source(keras_path, src / "export", {"source_model": str(keras_path), **_run_metadata(metrics)},
+                      metrics)
     if not src.exists():
         raise ZooError(f"{src} does not exist; pass a run directory from `zoo train` or a .keras file")
     if src.suffix != ".keras":
@@ -131,12 +134,17 @@ def resolve_source(src: Path) -> Source:
     return Source(src, src.with_name(f"{src.stem}_export"), {"source_model": str(src)})
 
 
-def _run_metadata(run_dir: Path) -> dict[str, str]:
-    """Class names and provenance from a zoo run's metrics.json (absent or unreadable: nothing)."""
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A zoo run's metrics.json (absent or unreadable: {})."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _run_metadata(metrics: dict[str, Any]) -> dict[str, str]:
+    """Class names and provenance from a zoo run's metrics."""
     keys = {"model": "zoo_model", "dataset": "dataset", "test_accuracy": "test_accuracy"}
     meta = {name: str(metrics[key]) for key, name in keys.items() if key in metrics}
     if "class_names" in metrics:

@@ -80,12 +80,12 @@ def export_command(
 
         settings = None
         if int8:
-            from zoo.int8_data import int8_settings, read_run_metrics
+            from zoo.int8_data import int8_settings
 
             settings = int8_settings(source.keras_path, dataset=calib_dataset, run_dataset=source.metadata.get(
                 "dataset"), images=calib_images, method=calib_method, keep_float=tuple(keep_float or ()),
                 min_agreement=int8_min_agreement / 100, max_drop=int8_max_drop / 100,
-                size=sizes[0] if sizes else None, run_metrics=read_run_metrics(src),
+                size=sizes[0] if sizes else None, run_metrics=source.metrics,
                 bias_correction=int8_bias_correction)
         elif calib_dataset or keep_float:
             raise ZooError("--calib-dataset and --keep-float apply to --int8: add --int8")
