@@ -6,14 +6,21 @@
 #   3. zoo train cnn_bn (3 epochs), zoo export --fold-bn --onnx --fp16
 #   4. zoo parity on ORT CUDA, then on TensorRT (the CPU rule: atol = rtol = 1e-5, float16 at 1e-3)
 #   5. keras.applications ResNet50 224x224 (random weights and BN statistics), exported with --fp16;
-#      zoo bench on ORT CUDA, float32 and float16, batch 1/8/32, IO binding; on TensorRT, batch 1
-#   6. zoo serve throughput on CUDA (benchmarks/serve_throughput.py --device cuda), with and without --cuda-graph
+#      zoo bench on ORT CUDA, float32 and float16 (baseline: float32 on CUDA), batch 1/8/32, IO binding;
+#      on TensorRT, batch 1
+#   6. zoo serve throughput on CUDA with the trained cnn_bn (benchmarks/serve_throughput.py --device cuda --onnx),
+#      with and without --cuda-graph
 #   7. every figure, command, exit code and wall time in one JSON: benchmarks/results/gpu_check.json
 #
 #   benchmarks/gpu_check.sh              # the real run (goal: under 8 minutes)
 #   benchmarks/gpu_check.sh --dry-run    # print every step's command and check it on this machine (no GPU needed)
 #   options: --out FILE (results JSON), --work DIR (keep the work folder), --python PYTHON (for the venv),
-#            --venv DIR (reuse an existing venv instead of a fresh one), --no-tensorrt
+#            --venv DIR (reuse an existing venv instead of a fresh one), --no-venv (run this checkout with
+#            --python as it is: its packages must be installed), --no-tensorrt,
+#            --stage cpu|gpu (split the check for a GPU machine without TensorFlow or network: `--stage cpu
+#            --work DIR` trains, exports and records the Keras outputs parity needs (gpu_check.py record) where
+#            TensorFlow runs; `--stage gpu --work DIR` on the GPU machine runs the rest, with parity judged
+#            against the recorded outputs (gpu_check.py replay) instead of `zoo parity`)
 #
 # A failing step is recorded and the script goes on where it can (parity and bench failures still leave figures);
 # the exit code is 1 when any step failed. The dry run exits 1 when any step's command does not check out.
@@ -26,7 +33,9 @@ WORK=""
 PYTHON="${PYTHON:-python3}"
 VENV=""
 TENSORRT=1
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+STAGE=all
+NO_VENV=0
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -35,12 +44,18 @@ while [ $# -gt 0 ]; do
     --python) PYTHON="$2"; shift ;;
     --venv) VENV="$2"; shift ;;
     --no-tensorrt) TENSORRT=0 ;;
+    --no-venv) NO_VENV=1 ;;
+    --stage) STAGE="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
+case "$STAGE" in all|cpu|gpu) ;; *) echo "error: --stage takes all, cpu or gpu, not '$STAGE'" >&2; exit 2 ;; esac
+if [ "$STAGE" != all ] && [ -z "$WORK" ]; then
+  echo "error: --stage $STAGE needs --work DIR (the folder the cpu stage fills and the gpu stage reads)" >&2; exit 2
+fi
 WORK_CREATED=0
 if [ -z "$WORK" ]; then WORK="$(mktemp -d "${TMPDIR:-/tmp}/zoo-gpu-check.XXXXXX")"; WORK_CREATED=1; fi
 mkdir -p "$WORK/steps"
@@ -52,6 +67,13 @@ if [ "$DRY" = 1 ]; then
 fi
 PY="$VENV/bin/python"
 ZOO="$VENV/bin/zoo"
+if [ "$NO_VENV" = 1 ]; then
+  # this checkout with --python as it is: `zoo` is a wrapper running `python -m zoo.cli` from here
+  FRESH_VENV=0; VENV=""; PY="$(command -v "$PYTHON")"; ZOO="$WORK/bin/zoo"
+  mkdir -p "$WORK/bin"
+  printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" -m zoo.cli "$@"\n' "$ROOT" "$PY" > "$ZOO"
+  chmod +x "$ZOO"
+fi
 EXTRAS="gpu,dev"; [ "$TENSORRT" = 1 ] && EXTRAS="gpu,tensorrt,dev"
 FAILED=0
 START=$(date +%s)
@@ -151,33 +173,57 @@ make_venv() {
 
 summarize() {
   "$PY" "$ROOT/benchmarks/gpu_check.py" report "$WORK" --out "$OUT" --started "$START" --extras "$EXTRAS" \
-    --fresh-venv "$FRESH_VENV"
+    --fresh-venv "$FRESH_VENV" --stage "$STAGE" --venv "${VENV:-none: $PY}"
 }
 
-step venv 600 make_venv || { [ "$DRY" = 1 ] || { summarize; exit 1; }; }
-step doctor 120 "$ZOO" doctor --require cuda --json "$WORK/doctor.json" || { [ "$DRY" = 1 ] || { summarize; exit 1; }; }
-step train 300 "$ZOO" train cnn_bn --epochs 3 --out "$WORK/runs/cnn_bn"
-step export 300 "$ZOO" export "$WORK/runs/cnn_bn" --fold-bn --onnx --fp16 --no-parity
-step parity_cuda 300 "$ZOO" parity "$WORK/runs/cnn_bn/export" --device cuda --json "$WORK/parity_cuda.json"
-if [ "$TENSORRT" = 1 ]; then
-  step parity_tensorrt 600 "$ZOO" parity "$WORK/runs/cnn_bn/export" --device tensorrt \
-    --json "$WORK/parity_tensorrt.json"
+CNN="$WORK/runs/cnn_bn/export"
+RESNET="$WORK/resnet50_export"
+# parity_step NAME EXPORT DEVICE: `zoo parity` where Keras runs; in the gpu stage, against the cpu stage's recording
+parity_step() {
+  if [ "$STAGE" = gpu ]; then
+    step "$1" 600 "$PY" "$ROOT/benchmarks/gpu_check.py" replay "$2" --reference "$2.reference.npz" \
+      --device "$3" --json "$WORK/$1.json"
+  else
+    step "$1" 600 "$ZOO" parity "$2" --device "$3" --json "$WORK/$1.json"
+  fi
+}
+
+if [ "$NO_VENV" = 0 ]; then
+  step venv 600 make_venv || { [ "$DRY" = 1 ] || { summarize; exit 1; }; }
 fi
-step resnet50 300 "$PY" "$ROOT/benchmarks/gpu_check.py" resnet50 --out "$WORK/resnet50.keras"
-step resnet50_export 600 "$ZOO" export "$WORK/resnet50.keras" --out "$WORK/resnet50_export" --fold-bn --onnx \
-  --fp16 --no-savedmodel --no-parity
-step resnet50_parity_cuda 300 "$ZOO" parity "$WORK/resnet50_export" --device cuda \
-  --json "$WORK/resnet50_parity_cuda.json"
-step bench_cuda 600 "$ZOO" bench "$WORK/resnet50_export" --runtimes ort-cuda,ort-cuda-fp16 --device cuda \
-  --batch 1,8,32 --io-binding --warmup 10 --runs 50 --json "$WORK/bench_cuda.json"
-if [ "$TENSORRT" = 1 ]; then
-  step bench_tensorrt 900 "$ZOO" bench "$WORK/resnet50_export" --runtimes ort-tensorrt,ort-tensorrt-fp16 \
-    --device tensorrt --batch 1 --io-binding --warmup 20 --runs 100 --json "$WORK/bench_tensorrt.json"
+if [ "$STAGE" = all ]; then
+  step doctor 120 "$ZOO" doctor --require cuda --json "$WORK/doctor.json" || { [ "$DRY" = 1 ] || { summarize; exit 1; }; }
+elif [ "$STAGE" = gpu ]; then
+  # no TensorFlow on this machine by design, so the doctor's CPU rows fail: recorded, and the CUDA steps go on
+  step doctor 120 "$ZOO" doctor --require cuda --json "$WORK/doctor.json"
 fi
-step serve_cuda 300 "$PY" "$ROOT/benchmarks/serve_throughput.py" --device cuda --max-batch 1,8,32 \
-  --concurrency 200 --rounds 3 --json "$WORK/serve_cuda.json"
-step serve_cuda_graph 300 "$PY" "$ROOT/benchmarks/serve_throughput.py" --device cuda --cuda-graph \
-  --max-batch 1,8,32 --concurrency 200 --rounds 3 --json "$WORK/serve_cuda_graph.json"
+if [ "$STAGE" != gpu ]; then
+  step train 300 "$ZOO" train cnn_bn --epochs 3 --out "$WORK/runs/cnn_bn"
+  step export 300 "$ZOO" export "$WORK/runs/cnn_bn" --fold-bn --onnx --fp16 --no-parity
+  step resnet50 300 "$PY" "$ROOT/benchmarks/gpu_check.py" resnet50 --out "$WORK/resnet50.keras"
+  step resnet50_export 600 "$ZOO" export "$WORK/resnet50.keras" --out "$RESNET" --fold-bn --onnx \
+    --fp16 --no-savedmodel --no-parity
+fi
+if [ "$STAGE" = cpu ]; then
+  step record 300 "$PY" "$ROOT/benchmarks/gpu_check.py" record "$CNN" --out "$CNN.reference.npz"
+  step resnet50_record 300 "$PY" "$ROOT/benchmarks/gpu_check.py" record "$RESNET" \
+    --out "$RESNET.reference.npz"
+else
+  parity_step parity_cuda "$CNN" cuda
+  [ "$TENSORRT" = 1 ] && parity_step parity_tensorrt "$CNN" tensorrt
+  parity_step resnet50_parity_cuda "$RESNET" cuda
+  step bench_cuda 600 "$ZOO" bench "$RESNET" --runtimes ort-cuda,ort-cuda-fp16 --baseline ort-cuda --device cuda \
+    --batch 1,8,32 --io-binding --warmup 10 --runs 50 --json "$WORK/bench_cuda.json"
+  if [ "$TENSORRT" = 1 ]; then
+    step bench_tensorrt 900 "$ZOO" bench "$RESNET" --runtimes ort-tensorrt,ort-tensorrt-fp16 \
+      --baseline ort-tensorrt --device tensorrt --batch 1 --io-binding --warmup 20 --runs 100 \
+      --json "$WORK/bench_tensorrt.json"
+  fi
+  step serve_cuda 300 "$PY" "$ROOT/benchmarks/serve_throughput.py" --device cuda --onnx "$CNN/model.onnx" \
+    --max-batch 1,8,32 --concurrency 200 --rounds 3 --json "$WORK/serve_cuda.json"
+  step serve_cuda_graph 300 "$PY" "$ROOT/benchmarks/serve_throughput.py" --device cuda --cuda-graph \
+    --onnx "$CNN/model.onnx" --max-batch 1,8,32 --concurrency 200 --rounds 3 --json "$WORK/serve_cuda_graph.json"
+fi
 
 if [ "$DRY" = 1 ]; then
   step report 60 summarize

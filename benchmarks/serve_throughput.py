@@ -10,6 +10,8 @@ baseline: the same server, every request run alone.
     python benchmarks/serve_throughput.py                  # max-batch 1, 8, 32; 200 concurrent; 5 rounds
     python benchmarks/serve_throughput.py --max-batch 1,16 --concurrency 50 --rounds 3
     python benchmarks/serve_throughput.py --device cuda [--cuda-graph]   # on a GPU (benchmarks/gpu_check.sh)
+    python benchmarks/serve_throughput.py --onnx runs/cnn_bn/export/model.onnx   # a model exported before (no
+                                                                    # TensorFlow needed: a serving-only machine)
 
 Prints a Markdown table, writes benchmarks/results/serve_throughput.json.
 """
@@ -69,8 +71,8 @@ def stop_server(process: subprocess.Popen) -> dict:
             "requests_per_run": round(requests / runs, 2) if runs else None}
 
 
-async def measure(url: str, images: list[np.ndarray], expected: list[np.ndarray],
-                  rounds: int) -> list[tuple[float, list[float]]]:
+async def measure(url: str, images: list[np.ndarray], expected: list[np.ndarray], rounds: int, *,
+                  input_name: str = "image") -> list[tuple[float, list[float]]]:
     """Rounds of len(images) simultaneous requests over one set of kept-alive connections (opened by a warm-up
     round, so connection set-up is not timed). The client is aiohttp (installed with tritonclient[http]): httpx's
     async pool managed only ~50-170 requests/s at 200 connections here even on /v2/health/live, so it measured
@@ -80,7 +82,7 @@ async def measure(url: str, images: list[np.ndarray], expected: list[np.ndarray]
     connector = aiohttp.TCPConnector(limit=len(images))
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
         async def one(image, want):
-            body = {"inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32",
+            body = {"inputs": [{"name": input_name, "shape": list(image.shape), "datatype": "FP32",
                                 "data": image.reshape(-1).tolist()}]}
             start = time.perf_counter()
             async with http.post("/v2/models/cnn_bn/infer", json=body) as response:
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-ms", type=float, default=0.0, help="zoo serve --batch-window-ms")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "tensorrt"), help="zoo serve --device")
     parser.add_argument("--cuda-graph", action="store_true", help="zoo serve --cuda-graph (with --device cuda)")
+    parser.add_argument("--onnx", type=Path, help="serve this single-input, single-output ONNX model (fixed H×W) "
+                        "instead of exporting cnn_bn here")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -117,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_cnn_bn(Path(tmp))
+        onnx_path = args.onnx or export_cnn_bn(Path(tmp))
         reference = OrtRunner(onnx_path, device="cpu")
+        (input_name,), (output_name,) = reference.input_names, reference.output_names
+        shape = (1, *reference.input_shapes[input_name][1:])
         rng = np.random.default_rng(0)
-        images = [rng.random((1, 28, 28, 1), dtype=np.float32) for _ in range(args.concurrency)]
-        expected = [reference({"image": image})["logits"] for image in images]
+        images = [rng.random(shape, dtype=np.float32) for _ in range(args.concurrency)]
+        expected = [reference({input_name: image})[output_name] for image in images]
         for max_batch in (int(v) for v in args.max_batch.split(",")):
             process, url = start_server(onnx_path, max_batch, args.window_ms, args.device, args.cuda_graph)
             try:
-                rounds = asyncio.run(measure(url, images, expected, args.rounds))
+                rounds = asyncio.run(measure(url, images, expected, args.rounds, input_name=input_name))
             finally:
                 server = stop_server(process)
             rates = sorted(args.concurrency / wall for wall, _ in rounds)
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                          "p99_ms": round(float(np.percentile(latencies, 99)), 1), "server": server})
     base = rows[0]["requests_per_s"]
     where = {"cpu": "CPU"}.get(args.device, f"--device {args.device}{' --cuda-graph' if args.cuda_graph else ''}")
-    print(f"{args.concurrency} concurrent single-image JSON requests to `zoo serve` (cnn_bn 28×28×1, {where}, "
+    model = f"{args.onnx}, {'×'.join(map(str, shape[1:]))}" if args.onnx else "cnn_bn 28×28×1"
+    print(f"{args.concurrency} concurrent single-image JSON requests to `zoo serve` ({model}, {where}, "
           f"{os.cpu_count()} cores), median of {args.rounds} rounds\n")
     print("| --max-batch | requests/s | vs first row | p50 ms | p99 ms | requests per ORT run | exit |")
     print("|---|---|---|---|---|---|---|")
@@ -144,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['max_batch']} | {row['requests_per_s']} | {row['requests_per_s'] / base:.2f}× | "
               f"{row['p50_ms']} | {row['p99_ms']} | {row['server']['requests_per_run']} | {row['server']['exit_code']} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"concurrency": args.concurrency, "rounds": args.rounds,
+    args.json.write_text(json.dumps({"model": str(args.onnx) if args.onnx else "cnn_bn (random BN statistics)",
+                                     "input_shape": list(shape[1:]), "concurrency": args.concurrency,
+                                     "rounds": args.rounds,
                                      "window_ms": args.window_ms, "device": args.device,
                                      "cuda_graph": args.cuda_graph, "onnxruntime": onnxruntime.__version__,
                                      "cpus": os.cpu_count(), "loadavg_end": list(os.getloadavg()), "rows": rows},

@@ -7,8 +7,10 @@ Per runtime and batch:
   caller sees: Keras' tensor conversion, SavedModel's tf.constant, the NCHW transposes, and for ONNX Runtime
   without IO binding the host↔device copies; with IO binding the inputs and outputs stay on the device);
 - throughput in images/s (batch / p50);
-- the ratio of its p50 to the baseline's (Keras eager, the original model) measured in the same rounds, and the
-  interquartile range of the round-by-round ratios.
+- the ratio of its p50 to the baseline's measured in the same rounds, and the interquartile range of the
+  round-by-round ratios. The baseline is Keras eager on the original model unless `baseline` names another runtime
+  (e.g. `ort-cuda` for float16 against float32 on a GPU; then no Keras model is needed and TensorFlow is not
+  imported).
 Runtimes run interleaved (export/timing.py). ONNX Runtime sessions run with thread spinning off: with sessions
 taking turns on few cores, an idle session's spinning threads would steal the cores from the one running.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.artifacts import ORIGINAL, find_artifacts
+from export.artifacts import find_artifacts
 from export.atomic import write_text
 from export.errors import ExportError
 from export.runtime_table import (
@@ -40,6 +42,7 @@ from export.runtime_table import (
     runs_on,
     select,
 )
+from export.signature import runner_inputs
 from export.timing import paired_ratios, summarize, time_interleaved
 
 BASELINE = REFERENCE
@@ -130,15 +133,16 @@ def run_bench(
     runs: int = 50,
     size: tuple[int, int] | None = None,
     io_binding: bool = False,
+    baseline: str = BASELINE,
     model_name: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Time every requested runtime of `export_dir` at every batch size (see the module docstring).
 
     `runtimes`: names from the runtime table (None: all the export holds that run on `device`, chosen as parity
-    chooses them); the baseline (Keras) is always measured. `size`: H×W for models with dynamic spatial dims
-    (default 32×32, as parity). `device`: auto, cpu, cuda or tensorrt, for the ONNX Runtime runtimes (ort-cpu,
-    ort-cuda, ort-tensorrt)."""
+    chooses them); the baseline (`baseline`, Keras by default) is always measured. `size`: H×W for models with
+    dynamic spatial dims (default 32×32, as parity). `device`: auto, cpu, cuda or tensorrt, for the ONNX Runtime
+    runtimes (ort-cpu, ort-cuda, ort-tensorrt)."""
     from export.parity import PRIMARY_SPATIAL, make_inputs
 
     check_device(device)
@@ -149,9 +153,14 @@ def run_bench(
     names = list(runtimes) if runtimes is not None else None
     if names is not None:
         parse_runtimes(",".join(names))
+    base = by_name(baseline.strip())
     found = find_artifacts(export_dir)
-    if ORIGINAL not in found:
-        raise ExportError(f"no {ORIGINAL} in {export_dir}: bench needs the Keras model as its baseline")
+    if base.artifact not in found:
+        way_out = "choose another with --baseline" if base.name == BASELINE else f"make it with {base.how_to_get()}"
+        raise ExportError(f"no {base.artifact} in {export_dir}: bench needs it for its baseline {base.name} "
+                          f"({way_out})")
+    if (reason := runs_on(base, device)) is not None:
+        raise ExportError(f"the baseline {base.name} cannot run with --device {device}: {reason}")
     if names is None:
         chosen, notes = select(found, device)
         names = [runtime.name for runtime in chosen]
@@ -169,17 +178,17 @@ def run_bench(
                                   f"hold: re-export with {runtime.how_to_get()}")
             if (reason := runs_on(runtime, device)) is not None:
                 raise ExportError(f"runtime {runtime.name} cannot run with --device {device}: {reason}")
-        if BASELINE not in names:
-            notes.append(f"{BASELINE} measured as the baseline although not requested")
-    names = [BASELINE] + [n for n in names if n != BASELINE]
+        if base.name not in names:
+            notes.append(f"{base.name} measured as the baseline although not requested")
+    names = [base.name] + [n for n in names if n != base.name]
 
     options = RunOptions(io_binding=io_binding, allow_spinning=False)
     chosen = [by_name(name) for name in names]
     for runtime in chosen:  # import what the runtimes need first, so no cold start pays for a library import
         runtime.preload()
     loaders = {runtime.name: functools.partial(runtime.open, found[runtime.artifact], options) for runtime in chosen}
-    probe = loaders[BASELINE]()
-    specs = probe.signature.inputs
+    probe = loaders[base.name]()
+    specs = runner_inputs(probe)
     dynamic = any(spec.dynamic_axes for spec in specs)
     if size is not None and not dynamic:
         raise ExportError("this model has a fixed input size; --size applies only to models with dynamic H×W")
@@ -199,8 +208,8 @@ def run_bench(
             calls[n] = runner.bound(feeds) if io_binding and hasattr(runner, "bound") else _call(runner, feeds)
         say(f"batch {batch}: timing {', '.join(names)} ({runs} runs each)")
         times = time_interleaved(calls, runs=runs, warmup=warmup)
-        ratios = paired_ratios(times, BASELINE)
-        base_p50 = summarize(times[BASELINE])["p50"]
+        ratios = paired_ratios(times, base.name)
+        base_p50 = summarize(times[base.name])["p50"]
         for n in names:
             stats = summarize(times[n])
             spread = ratios.get(n, {"p25": 1.0, "p75": 1.0})
@@ -214,7 +223,7 @@ def run_bench(
     settings = {"runtimes": names, "batches": list(batches), "device": device, "warmup": warmup, "runs": runs,
                 "size": list(spatial) if spatial else None, "io_binding": io_binding}
     return BenchReport(model=model_name or str(export_dir), input_shape=input_shape, rows=rows, runtimes=details,
-                       settings=settings, notes=list(dict.fromkeys(notes)))
+                       settings=settings, notes=list(dict.fromkeys(notes)), baseline=base.name)
 
 
 def environment() -> dict[str, Any]:

@@ -56,6 +56,7 @@ from export.parity import (
     compare_output,
     runtime_tolerance,
 )
+from export.signature import runner_inputs
 
 LayerPath = str  # a layer path: "conv1", nested "backbone/conv1"
 
@@ -348,7 +349,7 @@ def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int
         """How far the exposed copy's outputs are from the artifact's on one input (None: within the tolerance)."""
         from export.parity import standard_input_sets
 
-        feeds = standard_input_sets(_signature_inputs(runner), batches=(2,))[0][1]
+        feeds = standard_input_sets(runner_inputs(runner), batches=(2,))[0][1]
         expected, got = runner(feeds), run_exposed(feeds)
         checks = [compare(expected[n], got[n], atol=atol, rtol=rtol) for n in runner.output_names]
         return max((c["max_abs"] for c in checks if not c["passed"]), default=None)
@@ -373,11 +374,6 @@ def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int
                          "not be what the artifact computes")
     return Observation(candidates, run, unobservable, notes)
 
-
-def _signature_inputs(runner: Any):
-    from export.signature import TensorInfo
-
-    return [TensorInfo(n, runner.input_shapes[n], runner.input_dtypes[n]) for n in runner.input_names]
 
 
 def _onnx_types(proto: Any) -> dict[str, int]:

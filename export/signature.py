@@ -13,7 +13,6 @@ structure (dict keys sorted, lists in order) — the same order `keras.tree.flat
 from __future__ import annotations
 
 import re
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,3 +166,9 @@ def _unique(names: Sequence[str]) -> list[str]:
 
 def _info(name: str, tensor: Any) -> TensorInfo:
     return TensorInfo(name=name, shape=(None, *tuple(tensor.shape)[1:]), dtype=str(tensor.dtype))
+
+
+def runner_inputs(runner: Any) -> list[TensorInfo]:
+    """The inputs of any runner of export/runtimes.py (its input_names, input_shapes, input_dtypes) as TensorInfo,
+    for `parity.make_inputs`."""
+    return [TensorInfo(n, runner.input_shapes[n], runner.input_dtypes[n]) for n in runner.input_names]

@@ -1,6 +1,8 @@
 """`zoo bench` on a tiny model: every runtime × batch in the table and the JSON with positive figures, the
 baseline measured in the same run, and bad arguments as one-line errors. Also the shared timing helpers."""
 import json
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -90,3 +92,31 @@ def test_interleaved_timing_rotates_the_order():
     assert stats["p50"] == 2.5 and stats["min"] == 1.0 and stats["runs"] == 4
     ratios = paired_ratios({"base": [1.0, 2.0], "x": [2.0, 2.0]}, "base")
     assert list(ratios) == ["x"] and ratios["x"]["p50"] == 1.5
+
+
+def test_another_baseline_needs_no_keras_model(export_dir, tmp_path):
+    """--baseline ort-cpu: fp16 against fp32 ONNX, in a folder holding only the ONNX files; in a fresh interpreter
+    where TensorFlow and Keras cannot be imported (a serving-only machine)."""
+    (tmp_path / "onnx").mkdir()
+    for name in ("model.onnx", "model_fp16.onnx"):
+        (tmp_path / "onnx" / name).write_bytes((export_dir / name).read_bytes())
+    out = tmp_path / "bench.json"
+    blocked = "import sys; sys.modules.update(tensorflow=None, keras=None, tf2onnx=None); from zoo.cli import app; app()"
+    result = subprocess.run([sys.executable, "-c", blocked, "bench", str(tmp_path / "onnx"), "--runtimes",
+                             "ort-cpu-fp16", "--baseline", "ort-cpu", "--batch", "2", "--runs", "2", "--warmup", "0",
+                             "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["baseline"] == "ort-cpu"
+    assert [(r["runtime"], r["ratio"] == 1.0) for r in data["rows"]] == [("ort-cpu", True), ("ort-cpu-fp16", False)]
+    assert "ort-cpu measured as the baseline although not requested" in data["notes"]
+
+
+def test_a_baseline_the_export_lacks_is_one_line(export_dir, tmp_path):
+    assert_user_error(invoke("bench", export_dir, "--baseline", "ort-cpu-int8", "--device", "cpu"),
+                      "no model_int8.onnx", "baseline ort-cpu-int8", "--int8")
+    assert_user_error(invoke("bench", export_dir, "--baseline", "pytorch"), "unknown runtime 'pytorch'")
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes((export_dir / "model.onnx").read_bytes())
+    assert_user_error(invoke("bench", tmp_path / "onnx", "--runtimes", "ort-cpu"), "no model.keras",
+                      "--baseline")

@@ -12,8 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ["venv", "doctor", "train", "export", "parity_cuda", "parity_tensorrt", "resnet50", "resnet50_export",
+STEPS = ["venv", "doctor", "train", "export", "resnet50", "resnet50_export", "parity_cuda", "parity_tensorrt",
          "resnet50_parity_cuda", "bench_cuda", "bench_tensorrt", "serve_cuda", "serve_cuda_graph", "report"]
+CPU_STAGE = ["train", "export", "resnet50", "resnet50_export", "record", "resnet50_record", "report"]
+GPU_STAGE = ["doctor", "parity_cuda", "parity_tensorrt", "resnet50_parity_cuda", "bench_cuda", "bench_tensorrt",
+             "serve_cuda", "serve_cuda_graph", "report"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or sys.platform == "win32", reason="a bash script")
 
@@ -29,13 +32,72 @@ def test_dry_run_checks_every_step():
     before = results.stat().st_mtime_ns if results.exists() else None
     result = dry_run(SCRIPT)
     assert result.returncode == 0, result.stdout + result.stderr
-    steps = [line.split("]")[0][1:] for line in result.stdout.splitlines() if line.startswith("[")]
-    assert steps == STEPS
+    assert _steps(result) == STEPS
     assert result.stdout.count("\n  ok") == len(STEPS) and "FAILED" not in result.stdout
     for command in ("doctor --require cuda", "train cnn_bn", "--fold-bn --onnx --fp16", "parity", "--device tensorrt",
                     "bench", "--io-binding", "--batch 1,8,32", "serve_throughput.py --device cuda", "--cuda-graph"):
         assert command in result.stdout, command
     assert (results.stat().st_mtime_ns if results.exists() else None) == before  # nothing ran, nothing written
+
+
+def _steps(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("]")[0][1:] for line in result.stdout.splitlines() if line.startswith("[")]
+
+
+def test_dry_run_of_the_two_stages(tmp_path):
+    """--stage cpu records parity's Keras outputs; --stage gpu (no venv: this Python as it is) replays them
+    instead of `zoo parity`; a stage without --work is one error line."""
+    cpu = dry_run(SCRIPT, "--stage", "cpu", "--no-venv", "--work", str(tmp_path / "work"))
+    assert cpu.returncode == 0, cpu.stdout + cpu.stderr
+    assert _steps(cpu) == CPU_STAGE and "FAILED" not in cpu.stdout
+    assert "gpu_check.py record" in cpu.stdout and " doctor " not in cpu.stdout
+    gpu = dry_run(SCRIPT, "--stage", "gpu", "--no-venv", "--work", str(tmp_path / "work"))
+    assert gpu.returncode == 0, gpu.stdout + gpu.stderr
+    assert _steps(gpu) == GPU_STAGE and "FAILED" not in gpu.stdout
+    assert "gpu_check.py replay" in gpu.stdout and "zoo parity" not in gpu.stdout and "train" not in gpu.stdout
+    assert "--baseline ort-cuda" in gpu.stdout and "--onnx" in gpu.stdout
+    alone = dry_run(SCRIPT, "--stage", "gpu")
+    assert alone.returncode == 2 and alone.stderr.startswith("error: --stage gpu needs --work DIR")
+
+
+def test_record_then_replay_without_tensorflow(tmp_path):
+    """`record` keeps a tiny export's Keras outputs on parity's inputs; `replay`, in an interpreter where TensorFlow
+    cannot be imported, judges ONNX Runtime against them with parity's rule — and fails a tampered recording."""
+    import keras
+    import numpy as np
+
+    from export.pipeline import export_model
+
+    x = inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(x))
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    directory = export_model(tmp_path / "model.keras", tmp_path / "export", onnx=True, savedmodel=False).directory
+    recording = tmp_path / "export.reference.npz"
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    subprocess.run([sys.executable, script, "record", str(directory), "--out", str(recording)], check=True,
+                   capture_output=True, timeout=300)
+    blocked = ("import runpy, sys; sys.modules.update(tensorflow=None, keras=None, tf2onnx=None); "
+               f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+    def replay(reference: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", blocked, script, "replay", str(directory), "--reference",
+                               str(reference), "--device", "cpu", "--json", str(tmp_path / "replay.json")],
+                              capture_output=True, text=True, timeout=300)
+
+    result = replay(recording)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "replay.json").read_text())
+    assert data["passed"] and data["reference"] == "keras" and data["runtimes"]["keras"].startswith("recorded: ")
+    assert {(row["runtime"], row["inputs"]) for row in data["rows"]} == {("ort-cpu", "batch 1"), ("ort-cpu", "batch 7")}
+    with np.load(recording) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    arrays["1/out/logits"] = arrays["1/out/logits"] + 1e-3  # a reference that the export does not match
+    np.savez(tmp_path / "tampered.npz", **arrays)
+    result = replay(tmp_path / "tampered.npz")
+    assert result.returncode == 1 and "FAIL: 1 of 2 checks passed" in result.stdout
 
 
 def test_dry_run_fails_on_a_command_that_does_not_check_out(tmp_path):

@@ -153,14 +153,19 @@ def _run_metadata(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def resolve_export_dir(src: Path, *, fp16: bool = False) -> Iterator[Path]:
+def resolve_export_dir(src: Path, *, fp16: bool = False, reference: bool = True) -> Iterator[Path]:
     """The export directory to check: SRC itself, SRC/export, or a temporary full export of a `.keras` file
-    (with model_fp16.onnx too when `fp16`)."""
+    (with model_fp16.onnx too when `fp16`). `reference=False`: a folder of exported files will do without the
+    Keras model too (`zoo bench --baseline ort-cuda` on a folder of ONNX files)."""
+    from export.artifacts import ORIGINAL, find_artifacts
     from export.pipeline import export_model, is_export_dir
+
+    def exported(folder: Path) -> bool:
+        return is_export_dir(folder) if reference else any(name != ORIGINAL for name in find_artifacts(folder))
 
     src = Path(src).expanduser()
     for candidate in (src, src / "export"):
-        if candidate.is_dir() and is_export_dir(candidate):
+        if candidate.is_dir() and exported(candidate):
             yield candidate
             return
     source = resolve_source(src)

@@ -111,17 +111,18 @@ def serve_command(
 @commands.command("bench")
 def bench_command(
     model: Annotated[Path, typer.Argument(help="An export directory, a run directory, or a .keras file (exported to a temporary directory first, float16 ONNX included).")],
-    runtimes: Annotated[Optional[str], typer.Option(help=f"Comma-separated, from {', '.join(NAMES)} (default: every one the export holds that runs on --device, as parity chooses them); {REFERENCE}, the baseline, is always measured.")] = None,
+    runtimes: Annotated[Optional[str], typer.Option(help=f"Comma-separated, from {', '.join(NAMES)} (default: every one the export holds that runs on --device, as parity chooses them); the baseline (--baseline) is always measured.")] = None,
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
     device: DeviceOption = Device.auto,
     warmup: Annotated[int, typer.Option(help="Untimed runs per runtime and batch first.")] = 5,
     runs: Annotated[int, typer.Option(help="Timed runs per runtime and batch.")] = 50,
     size: Sizes = None,
     io_binding: Annotated[bool, typer.Option("--io-binding/--no-io-binding", help="ONNX Runtime: inputs and outputs bound on the session's device (no host copies in the timed runs).")] = False,
+    baseline: Annotated[str, typer.Option(help="The runtime every ratio is measured against, in the same rounds (e.g. ort-cuda: float16 against float32 on a GPU, with no Keras model or TensorFlow needed).")] = REFERENCE,
     json_path: JsonPath = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Latency (cold start, p50/p90/p99), throughput and ratio to Keras of every runtime at every batch size."""
+    """Latency (cold start, p50/p90/p99), throughput and ratio to the baseline (Keras unless --baseline) of every runtime at every batch size."""
     with user_errors():
         from export.bench import parse_batches, parse_runtimes
         from export.runtime_table import check_device
@@ -136,14 +137,20 @@ def bench_command(
             from export.atomic import check_target
 
             check_target(json_path, overwrite=overwrite, sources=[model], option="--json")
-        load_zoo_layers()
+        from export.runtime_table import by_name
+
+        timed = [by_name(name) for name in [baseline.strip(), *(names or [])]]
+        if names is None or model.suffix == ".keras" or any(
+                library != "onnxruntime" for runtime in timed for library in runtime.libraries):
+            load_zoo_layers()  # only ONNX Runtime runtimes named: no TensorFlow needed
         from export.bench import run_bench
         from zoo.runs import resolve_export_dir
 
-        with resolve_export_dir(model, fp16=True) as directory:
+        with resolve_export_dir(model, fp16=True, reference=False) as directory:
             report = run_bench(directory, runtimes=names, batches=batches, device=device.value, warmup=warmup,
                                runs=runs, size=spatial[0] if spatial else None, io_binding=io_binding,
-                               model_name=str(model), log=lambda message: typer.echo(message, err=True))
+                               baseline=baseline, model_name=str(model),
+                               log=lambda message: typer.echo(message, err=True))
         typer.echo(report.table())
         if json_path is not None:
             typer.echo(f"wrote {report.write_json(json_path, overwrite=overwrite)}")
