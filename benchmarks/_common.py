@@ -47,6 +47,47 @@ def randomize_bn(model, seed: int = 0, *, moderate: bool = False) -> None:
             layer.bias.assign(rng.normal(0, small, tuple(layer.bias.shape)).astype("float32"))
 
 
+CONV_CLASSES = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}
+MIN_SIZE = {"Xception": 71, "InceptionV3": 75}  # keras.applications' smallest inputs (others: 32)
+
+
+def build_application(name: str, size: int, seed: int = 0, *, conv_bias: bool = False):
+    """keras.applications `name` (weights=None, 10 classes, logits) with random BN statistics and biases: the
+    real architectures of benchmarks/applications.py, localize_cost.py, localize_pad_fusion.py and quantize.py.
+
+    Most keras.applications convs that feed a BN have use_bias=False (ResNet50's have a bias). `conv_bias=True` rebuilds the
+    same architecture with a bias on every Conv2D/DepthwiseConv2D/SeparableConv2D, as a net trained with biases
+    has: then Grappler can no longer merge any BN into a conv while tracing, and every BN reaches the export."""
+    import keras
+
+    if size < MIN_SIZE.get(name, 32):
+        raise SystemExit(f"{name} needs an input of at least {MIN_SIZE.get(name, 32)}×{MIN_SIZE.get(name, 32)}")
+    keras.utils.set_random_seed(seed)  # the same kernels on every run
+    builder = getattr(keras.applications, name)
+    model = builder(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
+    if conv_bias:
+        config = model.get_config()
+        for entry in config["layers"]:
+            if entry["class_name"] in CONV_CLASSES:
+                entry["config"]["use_bias"] = True
+        model = keras.Model.from_config(config)
+    randomize_bn(model, seed, moderate=True)
+    return model
+
+
+def export_cnn_bn(directory: Path) -> Path:
+    """zoo's cnn_bn (28×28×1, 10 classes) with random moderate BN statistics, BN folded, as directory/model.onnx:
+    the model the serving benchmarks serve."""
+    from export.fold_bn import fold_batchnorm
+    from export.onnx import export_onnx
+    from zoo.registry import create_model
+
+    model = create_model("cnn_bn", input_shape=(28, 28, 1), num_classes=10)
+    randomize_bn(model, moderate=True)
+    folded, _ = fold_batchnorm(model)
+    return export_onnx(folded, Path(directory) / "model.onnx")
+
+
 def environment(**extra: Any) -> dict[str, Any]:
     """Where and with what the figures were measured: versions, CPU and its instruction sets (AVX-512, VNNI, …:
     what int8 and bfloat16 speed depends on), load at the start (and `extra` settings)."""

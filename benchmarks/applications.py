@@ -33,7 +33,7 @@ from _common import ROOT
 
 import numpy as np  # noqa: E402
 
-from _common import environment, randomize_bn  # noqa: E402
+from _common import build_application as build, environment  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "applications.json"
 # keras.applications builder name -> scale of the [0, 1) test inputs. Models that rescale internally
@@ -48,35 +48,8 @@ MODELS = {
     "Xception": 1.0,
     "InceptionV3": 1.0,
 }
-MIN_SIZE = {"Xception": 71, "InceptionV3": 75}
 BATCHES = (1, 4)
 TOL = 1e-5
-
-
-CONV_CLASSES = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}
-
-
-def build(name: str, size: int, seed: int = 0, *, conv_bias: bool = False):
-    """keras.applications `name` (weights=None, 10 classes, logits) with random BN statistics and biases.
-
-    Most keras.applications convs that feed a BN have use_bias=False (ResNet50's have a bias). `conv_bias=True` rebuilds the
-    same architecture with a bias on every Conv2D/DepthwiseConv2D/SeparableConv2D, as a net trained with biases
-    has: then Grappler can no longer merge any BN into a conv while tracing, and every BN reaches the export."""
-    import keras
-
-    if size < MIN_SIZE.get(name, 32):
-        raise SystemExit(f"{name} needs an input of at least {MIN_SIZE.get(name, 32)}×{MIN_SIZE.get(name, 32)}")
-    keras.utils.set_random_seed(seed)  # the same kernels on every run
-    builder = getattr(keras.applications, name)
-    model = builder(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
-    if conv_bias:
-        config = model.get_config()
-        for entry in config["layers"]:
-            if entry["class_name"] in CONV_CLASSES:
-                entry["config"]["use_bias"] = True
-        model = keras.Model.from_config(config)
-    randomize_bn(model, seed, moderate=True)
-    return model
 
 
 def bn_names(model) -> list[str]:

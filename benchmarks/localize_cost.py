@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from applications import build
+    from _common import build_application as build
 
     from export.pipeline import export_model
 

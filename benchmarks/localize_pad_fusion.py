@@ -40,7 +40,7 @@ def strip_pad_guard(path: Path) -> int:
 
 
 def main() -> None:
-    from applications import build
+    from _common import build_application as build
 
     from export.pipeline import export_model
 

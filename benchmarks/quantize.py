@@ -48,7 +48,7 @@ GOALS = {"ResNet50": 3.0, "MobileNetV2": 2.0}
 
 
 def speed(size: int, runs: dict[int, int]) -> dict:
-    from applications import build
+    from _common import build_application as build
 
     from export.int8 import Int8Settings
     from export.ort_session import make_session

@@ -37,26 +37,14 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
+from _common import ROOT, export_cnn_bn
 
 import numpy as np  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serve_memory.json"
 NAME = "cnn_bn"
 SHAPE = (28, 28, 1)
-
-
-def export_cnn_bn(directory: Path) -> Path:
-    from export.fold_bn import fold_batchnorm
-    from export.onnx import export_onnx
-    from zoo.registry import create_model
-
-    folded, _ = fold_batchnorm(create_model(NAME, input_shape=SHAPE, num_classes=10))
-    return export_onnx(folded, directory / "model.onnx")
 
 
 class Server:

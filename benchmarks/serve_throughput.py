@@ -30,23 +30,11 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401 - the repository on sys.path, quiet TensorFlow (benchmarks/_common.py)
-from _common import ROOT
+from _common import ROOT, export_cnn_bn
 
 import numpy as np  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "serve_throughput.json"
-
-
-def export_cnn_bn(directory: Path) -> Path:
-    from export.fold_bn import fold_batchnorm
-    from export.onnx import export_onnx
-    from _common import randomize_bn
-    from zoo.registry import create_model
-
-    model = create_model("cnn_bn", input_shape=(28, 28, 1), num_classes=10)
-    randomize_bn(model, moderate=True)
-    folded, _ = fold_batchnorm(model)
-    return export_onnx(folded, directory / "model.onnx")
 
 
 def start_server(onnx_path: Path, max_batch: int, window_ms: float, device: str = "cpu",

@@ -1,14 +1,6 @@
-"""Export folders: which artifacts one holds, and the runners that check it. The artifacts, their runtimes and
-what writes them are in one table, export/runtime_table.py:
-
-    model.keras          copy of the original model: the parity reference
-    model_folded.keras   BatchNorm folded (export/fold_bn.py)
-    saved_model/         SavedModel, signature serving_default
-    model.onnx           ONNX
-    model_fp16.onnx      ONNX with float16 weights and compute, float32 inputs/outputs (export/fp16.py)
-    model.tflite         TFLite
-    fold_report.json     what folding did
-    parity.json          the last parity report
+"""Export folders: which artifacts one holds, and the runners that check it. The artifacts (model.keras,
+model_folded.keras, saved_model/, model.onnx, …), their runtimes and what writes them are listed once, in
+export/runtime_table.py; this module reads that table.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ wrote from a small manifest, `.zoo-manifest.json`, never from file names:
 - a loose file zoo writes (a report, an image, a recalibrated `.keras`) is recorded in its folder's manifest with
   its size and modification time, and may be replaced while both are unchanged.
 
-A missing path or an empty folder is free. A path that is, or holds, one of the command's own inputs (`sources`)
-is never a target, even with `overwrite`.
+A missing path or an empty folder is free. A path that is, or holds, one of the command's own inputs (`sources`),
+or that already exists inside an input folder (`zoo parity EXPORT --json EXPORT/model.onnx`), is never a target,
+even with `overwrite` — unless it is a loose file zoo wrote there (last run's `EXPORT/parity.json`).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def check_target(path: Path | str, *, kind: str | None = None, overwrite: bool =
     way_out = f"choose another {option} or pass --overwrite to replace it"
     is_folder = path.is_dir() and not path.is_symlink()
     if kind is not None and not is_folder:
-        raise ExportError(f"{option} {path} is a file, and a {kind} is a folder: {way_out}")
+        raise ExportError(f"{option} {path} is a file, and {_a(kind)} is a folder: {way_out}")
     if kind is None:
         if not _recorded(path.parent, path.name):
             what = "is a folder zoo did not write" if is_folder else \
@@ -120,7 +121,7 @@ def refusal_reason(folder: Path, kind: str) -> str | None:
     if manifest is None:
         return f"zoo did not write it (no {MANIFEST}); it holds {_names(present)}"
     if manifest.get("kind") != kind:
-        return f"it is a zoo {manifest.get('kind') or 'output'} folder, not a {kind}"
+        return f"it is a zoo {manifest.get('kind') or 'output'} folder, not {_a(kind)}"
     foreign = [name for name in present if not _owned_entry(folder, name)]
     return f"it holds {_names(foreign)}, which zoo did not write or which changed since" if foreign else None
 
@@ -132,7 +133,8 @@ def record_written(path: Path, *, entries: dict | None = None, kind: str | None 
     manifest = read_manifest(folder) or {"kind": kind, "entries": {}}
     if kind is not None:
         manifest["kind"] = kind
-    manifest.setdefault("entries", {}).update(entries if entries is not None else {path.name: entry_of(path)})
+    manifest.setdefault("entries", {}).update(entries if entries is not None else
+                                              {path.name: {**entry_of(path), "loose": True}})
     write_manifest(folder, manifest)
 
 
@@ -177,11 +179,15 @@ def remove_stale_partials(final_path: Path) -> list[Path]:
 # -- internals ---------------------------------------------------------------------------------------------------
 
 def _check_not_a_source(path: Path, sources: Iterable[Path | str], option: str) -> None:
-    target = path.resolve()
+    target, folder = path.resolve(), path.parent.resolve()
+    exists = os.path.lexists(path)
     for source in sources:
         resolved = Path(source).expanduser().resolve()
         if resolved == target or target in resolved.parents:
             raise ExportError(f"{option} {path} would replace the input {source}; choose another {option}")
+        if exists and (resolved == folder or resolved in folder.parents) and not _recorded(folder, path.name,
+                                                                                          loose=True):
+            raise ExportError(f"{option} {path} would replace part of the input {source}; choose another {option}")
 
 
 def _owned_entry(folder: Path, name: str) -> bool:
@@ -193,10 +199,14 @@ def _owned_entry(folder: Path, name: str) -> bool:
     return _recorded(folder, name)
 
 
-def _recorded(folder: Path, name: str) -> bool:
-    """Whether the folder's manifest records `name` as it is now (a file: same size and modification time)."""
+def _recorded(folder: Path, name: str, *, loose: bool = False) -> bool:
+    """Whether the folder's manifest records `name` as it is now (a file: same size and modification time); with
+    `loose`, only a loose file zoo wrote there (a report, an image), not part of an export or run it filled."""
     recorded = (read_manifest(folder) or {}).get("entries", {}).get(name)
-    return isinstance(recorded, dict) and os.path.lexists(folder / name) and recorded == entry_of(folder / name)
+    if not (isinstance(recorded, dict) and os.path.lexists(folder / name)):
+        return False
+    same = {key: value for key, value in recorded.items() if key != "loose"} == entry_of(folder / name)
+    return same and (recorded.get("loose", False) or not loose)
 
 
 def entry_of(path: Path) -> dict:
@@ -219,6 +229,11 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     tmp = folder / f"{MANIFEST}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, folder / MANIFEST)
+
+
+def _a(kind: str) -> str:
+    """'an export', 'a run'."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def _names(names: list[str]) -> str:
@@ -246,9 +261,16 @@ def make_parents(final_path: Path, option: str = "--out") -> list[Path]:
             raise ExportError(f"cannot create folder {folder} for {option} {final_path}: "
                               f"{error.strerror or error}; choose another {option}") from None
         created.append(folder)
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"cannot write {option} {final_path}: folder {parent} is not writable; choose another "
-                          f"{option}")
+    # tried, not os.access: root passes os.access where nothing can be created (/proc, other virtual folders); the
+    # probe has a partial's name, so a SIGKILL right here leaves one that the next writer removes
+    probe = _sibling(final_path, PARTIAL, "")
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as error:
+        remove_empty(created)
+        raise ExportError(f"cannot write {option} {final_path}: folder {parent} is not writable "
+                          f"({error.strerror or error}); choose another {option}") from None
     return created
 
 

@@ -12,6 +12,7 @@ an earlier export (export/atomic.py: zoo's manifest, `.zoo-manifest.json`, says 
     model_fp16.onnx      model.onnx converted to float16 weights and compute, float32 inputs/outputs (--fp16)
     model_int8.onnx      model.onnx quantized to int8 (QDQ), calibrated and gated (--int8; int8_report.json)
     model.tflite         TFLite
+    model_int8.tflite    full-integer TFLite, same calibration and gate (--int8 with --tflite)
 
 What each option writes, and in which order, is the runtime table's (export/runtime_table.py).
 """

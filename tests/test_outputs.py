@@ -65,7 +65,8 @@ def listing(folder):
 def test_export_refuses_a_file_and_a_user_folder_and_keeps_them(classifier, tmp_path):
     user_file = tmp_path / "notes.txt"
     user_file.write_text("mine")
-    assert_user_error(quick_export(classifier, "--out", user_file), str(user_file), "--overwrite")
+    assert_user_error(quick_export(classifier, "--out", user_file), str(user_file),
+                      "is a file, and an export is a folder", "--overwrite")
     assert user_file.read_text() == "mine"
 
     folder = tmp_path / "photos"
@@ -124,6 +125,19 @@ def test_a_run_folder_takes_a_new_run_and_keeps_what_else_is_there(cnn_bn_run, t
     (run / "history.csv").write_text("edited by hand")  # changed since zoo wrote it: the user's now
     assert_user_error(invoke("train", "cnn_bn", "--epochs", 1, "--image-size", 8, "--out", run), "history.csv")
     assert (run / "history.csv").read_text() == "edited by hand"
+
+
+def test_a_report_never_replaces_a_file_inside_its_input_folder(classifier, tmp_path):
+    out = tmp_path / "export"
+    assert quick_export(classifier, "--out", out).exit_code == 0
+    before = listing(out)
+    for extra in ((), ("--overwrite",)):  # model.keras is zoo's, but it is the input of this command
+        result = invoke("parity", out, "--json", out / "model.keras", *extra)
+        assert_user_error(result, "would replace part of the input", "--json")
+    assert listing(out) == before
+    for attempt in range(2):  # a new report in the input folder is fine, and so is replacing it on the next run
+        result = invoke("parity", out, "--json", out / "parity.json", *(("--overwrite",) if attempt else ()))
+        assert result.exit_code == 0, result.output
 
 
 def test_recalibrate_refuses_a_folder_named_like_its_output_and_its_own_input(classifier, tmp_path):
@@ -295,6 +309,8 @@ def test_archive_entries_with_parent_paths_are_refused(tmp_path):
 
 def test_export_under_a_path_that_cannot_be_created(classifier):
     assert_user_error(quick_export(classifier, "--out", "/proc/zoo-test/export"), "cannot create folder /proc/zoo-test")
+    # /proc exists, and os.access says root may write there, but nothing can be created in it
+    assert_user_error(quick_export(classifier, "--out", "/proc/zoo-test"), "folder /proc is not writable")
 
 
 def test_a_triton_name_too_long_writes_nothing(classifier, tmp_path):

@@ -87,6 +87,21 @@ def test_bad_config_is_a_zoo_error(config, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(("name", "shape", "message"), [
+    ("cnn_bn", (3, 28, 1), "must be known and >= 4"),
+    ("resnet20", (2, 32, 3), "must be known and >= 4"),
+    ("preact_resnet18", (32, 4, 3), "must be known and >= 8"),
+    ("mobilenet_v2", (None, 32, 3), "must be known and >= 16"),
+    ("vgg_bn", (8, 8, 3), "must be known and >= 16"),
+    ("style_transformer", (None, 8, 3), "must be >= 16"),
+])
+def test_every_builder_words_a_too_small_input_alike(name, shape, message):
+    """zoo/checks.py `check_input_side`: one input-size check, one wording, for every builder."""
+    with pytest.raises(ZooError) as error:
+        create_model(name, input_shape=shape)
+    assert str(error.value) == f"model {name!r}: input height and width {message}, not {shape}"
+
+
 def test_unknown_model_lists_the_available_ones():
     with pytest.raises(ZooError) as error:
         create_model("resnet9000")

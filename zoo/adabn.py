@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 import zoo.layers  # noqa: F401 - registers zoo's layers, so zoo's `.keras` files load in safe_mode
+from zoo.checks import check_positive
 from zoo.classifier import accuracy, is_classifier_for, square_image_input
 from zoo.errors import ZooError
 
@@ -128,8 +129,7 @@ def recalibrate_file(src, *, dataset: str, out, batches: int = 20, batch_size: i
     destination = {"overwrite": overwrite, "sources": [src]}
     check_target(out, **destination)
     for name, value in (("batches", batches), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ZooError(f"{name} must be a positive integer, not {value!r}")
+        check_positive(name, value, integer=True)
     model = load_keras(src)
     side, channels = square_image_input(model, "recalibrate-bn")
     data = load_dataset(dataset, seed=seed)

@@ -15,3 +15,12 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, kinds) or not (math.isfinite(value) and value > 0):
         raise ZooError(f"{name} must be a positive {'integer' if integer else 'finite number'}, not {value!r}")
     return value
+
+
+def check_input_side(model: str, input_shape: tuple, min_side: int, *, known: bool = True) -> None:
+    """Raise unless `input_shape`'s height and width are at least `min_side` (and known, with `known`; without it a
+    None side is a dynamic size and passes): the builders' one input-size check."""
+    sides = tuple(input_shape[:2])
+    if (known and None in sides) or any(side is not None and side < min_side for side in sides):
+        need = "known and >= " if known else ">= "
+        raise ZooError(f"model {model!r}: input height and width must be {need}{min_side}, not {input_shape}")

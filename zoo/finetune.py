@@ -66,9 +66,10 @@ def finetune(
     from export.loading import load_keras
     from zoo.adabn import bn_layers
     from zoo.data import load_dataset, make_pipeline, steps_per_epoch
-    from zoo.runs import check_run_target, plot_curves, resolve_source, run_directory, write_metrics
+    from zoo.runs import (check_run_target, plot_curves, resolve_source, run_directory, write_history,
+                          write_metrics)
     from zoo.checks import check_positive
-    from zoo.train import compile_classifier, dataset_facts, write_history
+    from zoo.train import compile_classifier, dataset_facts
 
     started = time.perf_counter()
     if bn_mode not in BN_MODES:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import zoo.layers  # noqa: F401 - registers zoo's layers, so zoo's `.keras` files load in safe_mode
+from zoo.checks import check_positive
 from zoo.errors import ZooError
 
 
@@ -37,8 +38,7 @@ class ImageModel:
 
     def __call__(self, images: list[np.ndarray], *, batch_size: int = 4) -> list[np.ndarray]:
         """One output per H×W×C float32 image, in order."""
-        if batch_size < 1:
-            raise ZooError(f"batch size must be a positive integer, not {batch_size}")
+        check_positive("batch size", batch_size, integer=True)
         by_size: dict[tuple, list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             by_size[image.shape].append(index)

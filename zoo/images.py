@@ -98,13 +98,6 @@ def output_paths(images: list[str], out: Path, *, variants: tuple[str, ...] = ("
     return planned
 
 
-def ensure_dir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ZooError(f"cannot create {folder}: {error.strerror or error}; choose another --out") from None
-
-
 def save_image(image: np.ndarray, path: Path, *, overwrite: bool = False) -> Path:
     """Write float [0, 1] H×W×3 as an 8-bit PNG (or the format the suffix names), atomically; an existing file is
     replaced only if zoo wrote it (export/atomic.py) or `overwrite`."""

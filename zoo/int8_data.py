@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.checks import check_positive
 from zoo.errors import ZooError
 
 GATE_IMAGES = 2000  # test images the gate runs on, at most (the whole test split when smaller)
@@ -44,8 +45,7 @@ def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | N
                        "e.g. --calib-dataset digits or --calib-dataset npz:PATH")
     if method not in METHODS:
         raise ZooError(f"--calib-method {method!r}: use {', '.join(METHODS)}")
-    if isinstance(images, bool) or images < 1:
-        raise ZooError(f"--calib-images must be a positive integer, not {images}")
+    check_positive("--calib-images", images, integer=True)
     if not 0 <= min_agreement <= 1 or not 0 <= max_drop <= 1:
         raise ZooError("--int8-min-agreement and --int8-max-drop are percentages between 0 and 100")
     model = load_keras(keras_path)

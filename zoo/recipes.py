@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 
+from zoo.checks import check_positive
 from zoo.errors import ZooError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -48,18 +49,14 @@ class Recipe:
             raise ZooError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ZooError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        for name in ("lr",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ZooError(f"{name} must be a positive number, not {value!r}")
+        check_positive("lr", self.lr)
         for name in ("weight_decay", "label_smoothing"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ZooError(f"{name} must be a number in [0, 1), not {value!r}")
         for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ZooError(f"{name} must be a positive integer, not {value!r}")
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name), integer=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "milestones": list(self.milestones)}

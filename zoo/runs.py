@@ -10,6 +10,7 @@ a folder zoo did not write, or one of the run's files changed since, is refused 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -103,6 +104,16 @@ def plot_curves(history: dict[str, list[float]], path: Path, *, metrics: tuple[s
         axis.grid(alpha=0.3)
         axis.legend()
     figure.savefig(path, dpi=100)
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """history.csv: one row per epoch (numbered from 0), one column per metric."""
+    keys = sorted(history)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", *keys])
+        for epoch, values in enumerate(zip(*(history[key] for key in keys))):
+            writer.writerow([epoch, *values])
 
 
 def write_metrics(staging: Path, metrics: dict[str, Any]) -> None:

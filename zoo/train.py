@@ -9,7 +9,6 @@ or kill continues from the last completed epoch.
 from __future__ import annotations
 
 import contextlib
-import csv
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,7 +23,7 @@ from zoo.recipes import DEFAULT, compile_with, recipe_for
 from zoo.errors import ZooError
 from zoo.checks import check_positive
 from zoo.registry import create_model, get_model_spec
-from zoo.runs import plot_curves, run_directory, write_metrics
+from zoo.runs import plot_curves, run_directory, write_history, write_metrics
 
 RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png")
 
@@ -199,16 +198,6 @@ def dataset_facts(data, started: float) -> dict[str, Any]:
         "zoo_version": zoo.__version__,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
-
-
-def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """history.csv: one row per epoch (numbered from 0), one column per metric."""
-    keys = sorted(history)
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["epoch", *keys])
-        for epoch, values in enumerate(zip(*(history[key] for key in keys))):
-            writer.writerow([epoch, *values])
 
 
 class BestEpoch(keras.callbacks.Callback):

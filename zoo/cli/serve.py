@@ -53,8 +53,7 @@ def serve_command(
         from zoo.serving import limits
         from zoo.serving.model import check_model_name
 
-        if max_batch < 1:
-            raise ZooError(f"--max-batch {max_batch} must be at least 1 (1: no batching)")
+        check_positive("--max-batch", max_batch, integer=True)
         max_body_bytes = int(check_positive("--max-body-mb", max_body_mb) * 2**20)
         if not (math.isfinite(batch_window_ms) and batch_window_ms >= 0):
             raise ZooError(f"--batch-window-ms {batch_window_ms} must be a finite number, 0 or more")

@@ -15,7 +15,7 @@ import numpy as np
 
 from zoo.denoise.data import HELD_OUT, add_noise, check_sigma, load_images, to_channels
 from zoo.errors import ZooError
-from zoo.images import DEFAULT_MAX_PIXELS, ensure_dir, output_paths, read_image, save_image
+from zoo.images import DEFAULT_MAX_PIXELS, output_paths, read_image, save_image
 
 SIGMAS = (15, 25, 50)
 METHODS = ("noisy", "dncnn", "nl_means", "tv_chambolle")
@@ -44,8 +44,7 @@ def denoise_files(model, images: list[str], out: Path, *, sigma: float | None = 
     runner = _open(model, device)
     clean = [to_channels(read_image(spec, max_pixels=max_pixels), runner.channels) for spec in images]
     inputs = [add_noise(c, sigma, seed + i) for i, c in enumerate(clean)] if sigma is not None else clean
-    outputs = runner(inputs, batch_size=1)
-    ensure_dir(targets[0][0].parent)
+    outputs = runner(inputs, batch_size=1)  # save_image creates the folder (export/atomic.py make_parents)
     written = []
     for noisy, image, paths in zip(inputs, outputs, targets):
         images_out = (noisy, image) if sigma is not None else (image,)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_input_side
 from zoo.errors import ZooError
 from zoo.layers import conv_bn_act
 from zoo.registry import register_model
@@ -22,10 +23,7 @@ FILTERS = (32, 64)
 def cnn_bn(input_shape=(28, 28, 1), num_classes: int = 10, *, conv_bias: bool = True) -> keras.Model:
     """`conv_bias=True` (the default) keeps the conv biases a typical trained net has, so exporting it exercises
     folding a BN into a conv with a non-zero bias."""
-    height, width, _ = input_shape
-    min_side = 2 ** len(FILTERS)
-    if height is None or width is None or min(height, width) < min_side:
-        raise ZooError(f"model 'cnn_bn': input height and width must be known and >= {min_side}, not {input_shape}")
+    check_input_side("cnn_bn", input_shape, 2 ** len(FILTERS))
     if not isinstance(conv_bias, bool):
         raise ZooError(f"model 'cnn_bn': conv_bias must be true or false, not {conv_bias!r}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_input_side
 from zoo.errors import ZooError
 from zoo.layers import batch_norm
 from zoo.registry import register_model
@@ -38,9 +39,8 @@ def _bn_relu6(x, name: str, activation: bool = True):
 def mobilenet_v2(input_shape=(32, 32, 3), num_classes: int = 10, *, alpha: float = 1.0) -> keras.Model:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 4:
         raise ZooError(f"model 'mobilenet_v2': alpha must be a number in (0, 4], not {alpha!r}")
+    check_input_side("mobilenet_v2", input_shape, 16)
     height, width, _ = input_shape
-    if height is None or width is None or min(height, width) < 16:
-        raise ZooError(f"model 'mobilenet_v2': input height and width must be known and >= 16, not {input_shape}")
     small = min(height, width) < SMALL_INPUT
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     channels = make_divisible(32 * alpha)

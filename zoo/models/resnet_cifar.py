@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_input_side
 from zoo.errors import ZooError
 from zoo.layers import ZeroPadChannels, batch_norm, conv_bn_act
 from zoo.registry import register_model
@@ -31,16 +32,10 @@ PREACT_FILTERS = (64, 128, 256, 512)
 SHORTCUTS = ("A", "B")
 
 
-def _check_image(model: str, input_shape, min_side: int) -> None:
-    height, width, _ = input_shape
-    if height is None or width is None or min(height, width) < min_side:
-        raise ZooError(f"model {model!r}: input height and width must be known and >= {min_side}, not {input_shape}")
-
-
 def cifar_resnet(name: str, blocks: int, input_shape, num_classes: int, shortcut: str) -> keras.Model:
     if shortcut not in SHORTCUTS:
         raise ZooError(f"model {name!r}: shortcut must be 'A' (zero-padding identity) or 'B' (1×1 conv), not {shortcut!r}")
-    _check_image(name, input_shape, 4)
+    check_input_side(name, input_shape, 4)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = conv_bn_act(inputs, STAGE_FILTERS[0], 3, name="stem")
     channels = STAGE_FILTERS[0]
@@ -80,7 +75,7 @@ def resnet56(input_shape=(32, 32, 3), num_classes: int = 10, *, shortcut: str = 
 def preact_resnet18(input_shape=(32, 32, 3), num_classes: int = 10, *, input_bn: bool = True) -> keras.Model:
     if not isinstance(input_bn, bool):
         raise ZooError(f"model 'preact_resnet18': input_bn must be true or false, not {input_bn!r}")
-    _check_image("preact_resnet18", input_shape, 8)
+    check_input_side("preact_resnet18", input_shape, 8)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     if input_bn:

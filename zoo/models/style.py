@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_input_side, check_positive
 from zoo.errors import ZooError
 from export.layers import NearestUpsampling2D
 from zoo.layers import NORM_KINDS, CropLike, PadToMultiple, conv_bn_act
@@ -30,13 +31,11 @@ def style_transformer(input_shape=(None, None, 3), *, norm: str = "batch", width
     """`width` is the first conv's filter count (32 in the paper); the stages use width, 2×, 4×."""
     if norm not in NORM_KINDS:
         raise ZooError(f"model 'style_transformer': norm must be one of {', '.join(NORM_KINDS)}, not {norm!r}")
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ZooError(f"model 'style_transformer': width must be a positive integer, not {width!r}")
-    height, width_px, channels = input_shape
+    check_positive("model 'style_transformer': width", width, integer=True)
+    channels = input_shape[-1]
     if channels != 3:
         raise ZooError(f"model 'style_transformer': input must have 3 channels (RGB), not {channels}")
-    if any(side is not None and side < MIN_SIDE for side in (height, width_px)):
-        raise ZooError(f"model 'style_transformer': input height and width must be >= {MIN_SIDE}, not {input_shape}")
+    check_input_side("style_transformer", input_shape, MIN_SIDE, known=False)
 
     def conv(x, filters, kernel, name, strides=1, activation="relu", normalise=True):
         return conv_bn_act(x, filters, kernel, strides=strides, name=name, activation=activation, use_bias=True,

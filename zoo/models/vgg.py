@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 
+from zoo.checks import check_input_side
 from zoo.errors import ZooError
 from zoo.layers import conv_bn_act
 from zoo.registry import register_model
@@ -32,9 +33,7 @@ def vgg_bn(input_shape=(32, 32, 3), num_classes: int = 10, *, depth: int = 16, w
         raise ZooError(f"model 'vgg_bn': depth must be one of {', '.join(map(str, CONFIGS))}, not {depth!r}")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4:
         raise ZooError(f"model 'vgg_bn': width must be a number in (0, 4], not {width!r}")
-    height, wide, _ = input_shape
-    if height is None or wide is None or min(height, wide) < 16:
-        raise ZooError(f"model 'vgg_bn': input height and width must be known and >= 16, not {input_shape}")
+    check_input_side("vgg_bn", input_shape, 16)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x, block, conv = inputs, 1, 1
     for item in CONFIGS[depth]:

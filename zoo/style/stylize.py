@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.images import (DEFAULT_MAX_PIXELS, ensure_dir, fit_long_side, output_paths, read_image,
+from zoo.images import (DEFAULT_MAX_PIXELS, MIN_SIDE, fit_long_side, output_paths, read_image,
                         resize_short_side, save_image)
 
 
@@ -30,8 +30,7 @@ def stylize_files(model: Path | str, images: list[str], out: Path, *, device: st
     targets = [paths[0] for paths in output_paths(images, Path(out).expanduser(), overwrite=overwrite)]
     pixels = [read_image(spec, max_pixels=max_pixels) for spec in images]
     runner = ImageModel(model, device=device)
-    outputs = runner(pixels, batch_size=batch_size)
-    ensure_dir(targets[0].parent)
+    outputs = runner(pixels, batch_size=batch_size)  # save_image creates the folder (export/atomic.py make_parents)
     return [save_image(image, path, overwrite=overwrite) for image, path in zip(outputs, targets)], runner.detail
 
 
@@ -57,8 +56,8 @@ def optimize_image(
 
     from zoo.style.losses import build_loss_network, content_loss, gram, style_loss, total_variation
 
-    if steps < 1 or image_size < 16:
-        raise ZooError(f"steps must be >= 1 and image size >= 16, not {steps} and {image_size}")
+    if steps < 1 or image_size < MIN_SIDE:
+        raise ZooError(f"steps must be >= 1 and image size >= {MIN_SIDE}, not {steps} and {image_size}")
     started = time.perf_counter()
     content_pixels = fit_long_side(read_image(content, what="content image"), image_size)
     style_pixels = resize_short_side(read_image(style, what="style image"), min(content_pixels.shape[:2]))

@@ -24,7 +24,7 @@ import numpy as np
 
 import zoo
 from zoo.errors import ZooError
-from zoo.images import center_crop, list_images, read_image, resize_short_side
+from zoo.images import MIN_SIDE, center_crop, list_images, read_image, resize_short_side
 from zoo.runs import run_directory, write_metrics
 from zoo.checks import check_positive
 
@@ -65,8 +65,8 @@ def train_style(
     for name, value in (("content_weight", content_weight), ("tv_weight", tv_weight)):
         if not isinstance(value, (int, float)) or value < 0:
             raise ZooError(f"{name} must be a number >= 0, not {value!r}")
-    if image_size < 16:
-        raise ZooError(f"image_size must be at least 16, not {image_size}")
+    if image_size < MIN_SIDE:
+        raise ZooError(f"image_size must be at least {MIN_SIDE}, not {image_size}")
     style_image = read_image(style, what="style image")
     train_specs, eval_specs = _content_specs(content)
     eval_images = [center_crop(read_image(spec, what="content image"), image_size) for spec in eval_specs]
