@@ -15,6 +15,10 @@ The figures are the export's own gate (int8_report.json), plus the file size rat
 (minmax, entropy, percentile, --keep-float auto, bias correction and their combinations, and minmax with the gate
 opened so its figures are recorded even when it fails) on the same trained run.
 
+Depthwise (`--part depthwise`): zoo's mobilenet_v2 on the CIFAR-10 subset, per-channel against per-tensor weight
+scales (`--int8-weights`), each with minmax and with percentile + bias correction — the measurement behind
+docs/int8.md's note on cross-layer equalisation.
+
 Shifted domain (`--part shift`): calibration after `zoo recalibrate-bn` against plain PTQ, cnn_bn on MNIST+contrast
 and MNIST+invert (see `shift`).
 
@@ -104,10 +108,25 @@ VARIANTS = {"minmax": [], "entropy": ["--calib-method", "entropy"], "percentile"
             "minmax, gate open": ["--int8-min-agreement", "0", "--int8-max-drop", "100"]}
 
 
-def accuracy(epochs: dict[str, int]) -> dict:
+GATE_OPEN = ["--int8-min-agreement", "0", "--int8-max-drop", "100"]
+# the depthwise case: per-tensor weight scales are what cross-layer equalisation was made for (one scale for a
+# depthwise kernel whose channels' ranges differ by orders of magnitude); per-channel scales are zoo's default
+DEPTHWISE_VARIANTS = {"per-channel minmax": [], "per-tensor minmax": ["--int8-weights", "per-tensor"],
+                      "per-channel percentile, bias correction": ["--calib-method", "percentile",
+                                                                  "--int8-bias-correction"],
+                      "per-tensor percentile, bias correction": ["--int8-weights", "per-tensor", "--calib-method",
+                                                                 "percentile", "--int8-bias-correction"],
+                      "per-channel minmax, gate open": GATE_OPEN,
+                      "per-tensor minmax, gate open": ["--int8-weights", "per-tensor", *GATE_OPEN]}
+CASES = {"cnn_bn": "mnist_fulltest_partialtrain.npz", "resnet20": "cifar10_subset.npz",
+         "mobilenet_v2": "cifar10_subset.npz"}
+
+
+def accuracy(epochs: dict[str, int], variants: dict[str, list[str]] = VARIANTS) -> dict:
+    """`zoo train MODEL --epochs N` on its real-data subset for each model of `epochs`, then one `zoo export
+    --int8` per variant of the same trained run."""
     zoo = str(Path(sys.executable).with_name("zoo"))
-    cases = {"cnn_bn": f"npz:{DATA / 'mnist_fulltest_partialtrain.npz'}",
-             "resnet20": f"npz:{DATA / 'cifar10_subset.npz'}"}
+    cases = {model: f"npz:{DATA / CASES[model]}" for model in epochs}
     results = {}
     with tempfile.TemporaryDirectory(prefix="zoo-int8-acc-") as scratch:
         for model, dataset in cases.items():
@@ -118,7 +137,7 @@ def accuracy(epochs: dict[str, int]) -> dict:
             row = {"dataset": dataset.replace(str(ROOT.parent), ".."), "epochs": epochs[model],
                    "train_seconds": time.perf_counter() - start,
                    "goal": "accuracy drop ≤ 0.5 pt and top-1 agreement ≥ 99 %", "variants": {}}
-            for variant, flags in VARIANTS.items():  # the same trained run, exported once per calibration choice
+            for variant, flags in variants.items():  # the same trained run, exported once per calibration choice
                 export = Path(scratch) / f"{model}-{len(row['variants'])}"
                 start = time.perf_counter()
                 done = subprocess.run([zoo, "export", str(run), "--fold-bn", "--onnx", "--int8", "--no-savedmodel",
@@ -199,9 +218,12 @@ def shift(shifts: tuple[str, ...] = ("contrast", "invert")) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("speed", "accuracy", "denoise", "shift", "all"), default="all")
+    parser.add_argument("--part", choices=("speed", "accuracy", "depthwise", "denoise", "shift", "all"),
+                        default="all")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--resnet20-epochs", type=int, default=8, help="resnet20's training epochs (accuracy part)")
+    parser.add_argument("--mobilenet-epochs", type=int, default=15, help="mobilenet_v2's training epochs (depthwise "
+                        "part)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.part in ("speed", "all"):
@@ -213,6 +235,12 @@ def main() -> None:
         key = "accuracy" if args.resnet20_epochs == 8 else f"accuracy_resnet20_{args.resnet20_epochs}_epochs"
         results[key] = accuracy({"cnn_bn": 3, "resnet20": args.resnet20_epochs})
         results[key]["command"] = f"python benchmarks/quantize.py --part accuracy --resnet20-epochs {args.resnet20_epochs}"
+    if args.part in ("depthwise", "all"):
+        if not DATA.is_dir():
+            raise SystemExit(f"--part depthwise needs {DATA} (the real CIFAR-10 subset)")
+        results["depthwise"] = accuracy({"mobilenet_v2": args.mobilenet_epochs}, DEPTHWISE_VARIANTS)
+        results["depthwise"]["command"] = (f"python benchmarks/quantize.py --part depthwise --mobilenet-epochs "
+                                           f"{args.mobilenet_epochs}")
     if args.part in ("shift", "all"):
         results["shift"] = shift()
         results["shift"]["command"] = "python benchmarks/quantize.py --part shift"

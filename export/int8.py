@@ -67,6 +67,7 @@ class Int8Settings:
     targets: np.ndarray | None = None  # clean images for an image-to-image model (DnCNN): the gate is PSNR
     max_psnr_drop: float = 0.3  # dB
     bias_correction: bool = False  # export/bias_correction.py
+    per_channel: bool = True  # one weight scale per output channel; False: one per tensor (for targets that need it)
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _quantize_once(fp32_path: Path, out_path: Path, model: Any, settings: Int8Se
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
                 quantize_static(
                     str(source), str(out_path), _Reader(input_name, settings.calibration),
-                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=not vnni,
+                    quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, reduce_range=not vnni,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=[n for ns in kept.values() for n in ns], calibrate_method=methods[settings.method],
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
@@ -243,9 +244,9 @@ def _quantize_once(fp32_path: Path, out_path: Path, model: Any, settings: Int8Se
     for node in quantized.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dequantized for i in node.input):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    weights = f"int8 (symmetric, per {'channel' if settings.per_channel else 'tensor'})"
     report = Int8Report(settings.method, int(len(settings.calibration)), settings.calibration_source,
-                        "uint8 (asymmetric, per tensor)", "int8 (symmetric, per channel)", not vnni, kept, counts,
-                        notes=notes)
+                        "uint8 (asymmetric, per tensor)", weights, not vnni, kept, counts, notes=notes)
     report.gate = check_gate(fp32_path, out_path, settings)
     return report
 

@@ -257,6 +257,23 @@ def test_bias_correction_flag_is_recorded(cnn_bn_run, tmp_path):
     assert any(note.startswith("bias correction: 2 convs") for note in notes), notes
 
 
+def test_per_tensor_weights_take_one_scale_per_conv(cnn_bn_run, tmp_path):
+    out = tmp_path / "export"
+    result = invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--int8-weights", "per-tensor",
+                    "--calib-images", 64, "--no-parity", "--out", out)
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(out / "model_int8.onnx"))
+    producers, initializers = _producers(proto), {i.name: i for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        scales = numpy_helper.to_array(initializers[producers[conv.input[1]].input[1]])
+        assert scales.size == 1  # one scale for the whole weight tensor
+    assert json.loads((out / "int8_report.json").read_text())["weights"] == "int8 (symmetric, per tensor)"
+    assert_user_error(invoke("export", cnn_bn_run, "--fold-bn", "--onnx", "--int8", "--int8-weights", "per-row",
+                             "--out", tmp_path / "bad"), "--int8-weights 'per-row'", "per-channel or per-tensor")
+
+
 def test_denoiser_calibrates_on_noisy_training_crops_and_gates_on_held_out_photos(cnn_bn_run, tmp_path):
     from zoo.denoise.data import HELD_OUT
     from zoo.errors import ZooError

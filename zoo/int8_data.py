@@ -15,13 +15,14 @@ import numpy as np
 from zoo.checks import check_positive
 from zoo.errors import ZooError
 
+WEIGHTS = ("per-channel", "per-tensor")  # --int8-weights
 GATE_IMAGES = 2000  # test images the gate runs on, at most (the whole test split when smaller)
 
 
 def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | None, images: int = 512,
                   method: str = "minmax", keep_float: tuple[str, ...] = (), min_agreement: float = 0.99,
                   max_drop: float = 0.005, size: tuple[int, int] | None = None, seed: int = 0,
-                  run_metrics: dict | None = None, bias_correction: bool = False):
+                  run_metrics: dict | None = None, bias_correction: bool = False, weights: str = "per-channel"):
     """export.int8.Int8Settings for the model at `keras_path`: `images` calibration images from the training split
     of `dataset` (or of `run_dataset`, the run's own), up to GATE_IMAGES gate images (and labels) from its test split.
     A denoising run (its metrics.json, `run_metrics`) calibrates on noisy crops of its training photos and is gated
@@ -32,12 +33,14 @@ def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | N
     from zoo.data import load_dataset
     from zoo.data.dataset import subset
 
+    if weights not in WEIGHTS:
+        raise ZooError(f"--int8-weights {weights!r}: use {' or '.join(WEIGHTS)}")
     if (run_metrics or {}).get("task") == "denoising" and dataset is None:
         if method not in METHODS:
             raise ZooError(f"--calib-method {method!r}: use {', '.join(METHODS)}")
         settings = _denoiser_settings(run_metrics, images=images, method=method, keep_float=tuple(keep_float),
                                       side=size[0] if size else DENOISE_CROP, seed=seed)
-        settings.bias_correction = bias_correction
+        settings.bias_correction, settings.per_channel = bias_correction, weights == "per-channel"
         return settings
     spec = dataset or run_dataset
     if spec is None:
@@ -62,6 +65,7 @@ def int8_settings(keras_path: Path, *, dataset: str | None, run_dataset: str | N
     return Int8Settings(
         calibration=calibration, evaluation=evaluation, labels=labels if classifier else None, method=method,
         keep_float=tuple(keep_float), min_agreement=min_agreement, max_drop=max_drop, bias_correction=bias_correction,
+        per_channel=weights == "per-channel",
         calibration_source=f"{data.name} training split, seed {seed}",
         evaluation_source=f"{data.name} test images" + ("" if classifier else " (unlabelled for this model)"),
     )

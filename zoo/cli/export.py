@@ -56,6 +56,7 @@ def export_command(
     int8_min_agreement: Annotated[float, typer.Option(help="--int8 gate: top-1 agreement with the fp32 model, percent.")] = 99.0,
     int8_max_drop: Annotated[float, typer.Option(help="--int8 gate: largest accuracy drop on the test split, points.")] = 0.5,
     int8_bias_correction: Annotated[bool, typer.Option("--int8-bias-correction", help="--int8: subtract each quantized conv's measured mean output shift from its bias (docs/int8.md says what it did in measurements).")] = False,
+    int8_weights: Annotated[str, typer.Option(help="--int8 weight scales: per-channel, or per-tensor for a target that takes only one scale per tensor (docs/int8.md measures both).")] = "per-channel",
     overwrite: Overwrite = False,
 ) -> None:
     """Fold BN, write SavedModel / ONNX / TFLite, and print the parity table.
@@ -86,7 +87,7 @@ def export_command(
                 "dataset"), images=calib_images, method=calib_method, keep_float=tuple(keep_float or ()),
                 min_agreement=int8_min_agreement / 100, max_drop=int8_max_drop / 100,
                 size=sizes[0] if sizes else None, run_metrics=source.metrics,
-                bias_correction=int8_bias_correction)
+                bias_correction=int8_bias_correction, weights=int8_weights)
         elif calib_dataset or keep_float:
             raise ZooError("--calib-dataset and --keep-float apply to --int8: add --int8")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
