@@ -195,6 +195,7 @@ def test_denoiser_gate_is_psnr(tmp_path):
     assert not check_gate(tmp_path / "m.onnx", tmp_path / "m.onnx", settings)["passed"]
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # as tests/test_serve.py
 def test_serve_answers_with_the_int8_model(int8_export):
     import onnxruntime as ort
     from starlette.testclient import TestClient
