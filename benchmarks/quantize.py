@@ -116,6 +116,9 @@ DEPTHWISE_VARIANTS = {"per-channel minmax": [], "per-tensor minmax": ["--int8-we
                                                                   "--int8-bias-correction"],
                       "per-tensor percentile, bias correction": ["--int8-weights", "per-tensor", "--calib-method",
                                                                  "percentile", "--int8-bias-correction"],
+                      "per-channel minmax, --keep-float auto": ["--keep-float", "auto"],
+                      "per-channel percentile, bias correction, --keep-float auto": [
+                          "--calib-method", "percentile", "--int8-bias-correction", "--keep-float", "auto"],
                       "per-channel minmax, gate open": GATE_OPEN,
                       "per-tensor minmax, gate open": ["--int8-weights", "per-tensor", *GATE_OPEN]}
 CASES = {"cnn_bn": "mnist_fulltest_partialtrain.npz", "resnet20": "cifar10_subset.npz",
