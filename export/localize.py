@@ -375,7 +375,6 @@ def _observe_ort(runner: Any, resolve: LayerResolver, order: dict[LayerPath, int
     return Observation(candidates, run, unobservable, notes)
 
 
-
 def _onnx_types(proto: Any) -> dict[str, int]:
     import onnx
 

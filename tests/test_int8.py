@@ -144,7 +144,9 @@ def test_bad_int8_input_is_one_error_line(cnn_bn_run, tmp_path):
     assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--int8", "--calib-method", "magic",
                              "--out", tmp_path / "c"), "magic")
     assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--keep-float", "x", "--out", tmp_path / "d"), "--int8")
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert_user_error(invoke("export", cnn_bn_run, "--onnx", "--int8-weights", "per-tensor", "--int8-bias-correction",
+                             "--out", tmp_path / "e"), "--int8-bias-correction and --int8-weights apply to --int8")
+    assert not any((tmp_path / name).exists() for name in "abcde")
 
 
 def test_tflite_int8_tensors_are_int8(cnn_bn_run, tmp_path):

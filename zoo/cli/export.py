@@ -88,8 +88,12 @@ def export_command(
                 min_agreement=int8_min_agreement / 100, max_drop=int8_max_drop / 100,
                 size=sizes[0] if sizes else None, run_metrics=source.metrics,
                 bias_correction=int8_bias_correction, weights=int8_weights)
-        elif calib_dataset or keep_float:
-            raise ZooError("--calib-dataset and --keep-float apply to --int8: add --int8")
+        else:
+            given = [flag for flag, value in (("--calib-dataset", calib_dataset), ("--keep-float", keep_float),
+                                              ("--int8-bias-correction", int8_bias_correction),
+                                              ("--int8-weights", int8_weights != "per-channel")) if value]
+            if given:
+                raise ZooError(f"{' and '.join(given)} apply to --int8: add --int8")
         result = export_model(source.keras_path, out or source.default_export_dir, fold_bn=fold_bn, onnx=onnx,
                               savedmodel=savedmodel, tflite=tflite, fp16=fp16, opset=opset, nchw=nchw,
                               metadata=source.metadata, parity_sizes=sizes if parity else None, overwrite=overwrite,
